@@ -1,0 +1,40 @@
+"""L2P pixel-space image generation in pure PyTorch (no ComfyUI import).
+
+Entry points:
+- `load_model(path, *, device="cpu", dtype=torch.float32)` returns an `L2PTransformer` whose
+  `model(x, sigma, context)` is the flow velocity ε − x₀ and whose `.config` is an `L2PConfig`.
+- `sample(model, positive, negative, *, width, height, seed, ...)` returns images in [-1, 1].
+- `inspect_checkpoint(path)` identifies a file from its headers alone.
+"""
+
+from .config import DecoderConfig, L2PConfig
+from .errors import CheckpointError, L2PError, SamplingCancelled, SamplingError, UnsupportedCheckpointError
+from .images import from_uint8, to_uint8
+from .layers import TORCH_OPERATIONS
+from .loader import CheckpointInfo, inspect_checkpoint, load_model
+from .network import L2PTransformer
+from .sampling import draw_noise, euler, guided_velocity, sample
+from .schedule import flow_sigmas, shift_sigma
+
+__all__ = [
+    "TORCH_OPERATIONS",
+    "CheckpointError",
+    "CheckpointInfo",
+    "DecoderConfig",
+    "L2PConfig",
+    "L2PError",
+    "L2PTransformer",
+    "SamplingCancelled",
+    "SamplingError",
+    "UnsupportedCheckpointError",
+    "draw_noise",
+    "euler",
+    "flow_sigmas",
+    "from_uint8",
+    "guided_velocity",
+    "inspect_checkpoint",
+    "load_model",
+    "sample",
+    "shift_sigma",
+    "to_uint8",
+]

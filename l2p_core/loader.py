@@ -1,0 +1,139 @@
+"""Load an L2P checkpoint into an `L2PTransformer`, one memory-mapped tensor at a time."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import L2PConfig, config_from_checkpoint, expected_shapes
+from .errors import CheckpointError
+from .layouts import CanonicalSource, CheckpointLayout, identify_checkpoint
+from .network import L2PTransformer
+from .safetensors_files import TensorReader, read_tensor_entries
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a checkpoint is, read from its headers alone: layout, configuration and size."""
+
+    layout: CheckpointLayout
+    config: L2PConfig
+
+    @property
+    def parameter_count(self) -> int:
+        return sum(math.prod(source.shape) for source in self.layout.tensors.values())
+
+
+def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
+    """Identify and validate a checkpoint from its headers, without reading any tensor.
+
+    Raises CheckpointError (or its subclass UnsupportedCheckpointError) with a message that
+    names the file, what it looks like and what to use instead.
+    """
+    path = Path(path)
+    entries = read_tensor_entries(path)
+    layout = identify_checkpoint(path, entries)
+    config = config_from_checkpoint(layout)
+    _check_shapes(layout, config)
+    return CheckpointInfo(layout, config)
+
+
+def load_model(
+    path: str | Path,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    operations=None,
+    progress: Callable[[int, int], None] | None = None,
+) -> L2PTransformer:
+    """Load an L2P checkpoint (official or ComfyUI layout, single file or shards) for inference.
+
+    Each tensor is read through the file mapping, cast to `dtype` and placed on `device`, so
+    resident memory grows by little more than the loaded model. `progress(done, total)` is
+    called after each tensor.
+    """
+    info = inspect_checkpoint(path)
+    config = info.config
+
+    with torch.device("meta"):
+        model = L2PTransformer(config, dtype=dtype, operations=operations)
+    _load_weights(model, info.layout, torch.device(device), dtype, progress)
+    model.eval()
+
+    logger.info(
+        "Loaded L2P %s (%s layout, %.2fB parameters, dim %d, %d layers, patch %d) as %s on %s from %s",
+        config.variant, info.layout.layout, info.parameter_count / 1e9, config.dim, config.n_layers,
+        config.patch_size, str(dtype).removeprefix("torch."), device, info.layout.path,
+    )  # fmt: skip
+    return model
+
+
+def _check_shapes(layout: CheckpointLayout, config: L2PConfig) -> None:
+    """Require every parameter of the network, in its exact shape, and nothing else."""
+    expected = expected_shapes(config)
+    missing = sorted(name for name in expected if name not in layout)
+    if missing:
+        raise CheckpointError(
+            f"'{layout.path}' is missing {len(missing)} L2P weight(s): {_listing(missing)}. "
+            "The file is incomplete or damaged; the network is never run with random weights "
+            "in their place. Download the file again."
+        )
+
+    wrong = [name for name, shape in expected.items() if layout.shape(name) != shape]
+    if wrong:
+        details = "; ".join(f"'{name}' is {list(layout.shape(name))}, expected {list(expected[name])}" for name in wrong[:5])
+        raise CheckpointError(
+            f"'{layout.path}' has {len(wrong)} misshapen L2P weight(s): {details}. "
+            "The file does not match the L2P architecture; download the original release."
+        )
+
+    unexpected = sorted(name for name in layout.tensors if name not in expected)
+    if unexpected:
+        raise CheckpointError(
+            f"'{layout.path}' has {len(unexpected)} tensor(s) that L2P does not use: {_listing(unexpected)}. "
+            "It is a different or modified architecture; use the original L2P release."
+        )
+
+
+def _load_weights(
+    model: nn.Module,
+    layout: CheckpointLayout,
+    device: torch.device,
+    dtype: torch.dtype,
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    parameters = list(model.named_parameters())
+    with TensorReader() as reader:
+        for done, (name, _) in enumerate(parameters, start=1):
+            tensor = _materialise(reader, layout.tensors[name], device, dtype)
+            module_name, _, attribute = name.rpartition(".")
+            module = model.get_submodule(module_name) if module_name else model
+            module._parameters[attribute] = nn.Parameter(tensor, requires_grad=False)
+            if progress is not None:
+                progress(done, len(parameters))
+
+
+def _materialise(reader: TensorReader, source: CanonicalSource, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Copy one canonical tensor out of the file mapping; split q/k/v are written into one buffer."""
+    if len(source.parts) == 1:
+        return reader.read(source.parts[0]).to(device=device, dtype=dtype, copy=True)
+
+    fused = torch.empty(source.shape, device=device, dtype=dtype)
+    row = 0
+    for part in source.parts:
+        fused[row : row + part.shape[0]].copy_(reader.read(part))
+        row += part.shape[0]
+    return fused
+
+
+def _listing(names: list[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit])
+    return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"

@@ -1,0 +1,175 @@
+"""The L2P network: Z-Image backbone on RGB pixel patches plus the local decoder."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from .config import L2PConfig
+from .decoder import LocalDecoder
+from .layers import TORCH_OPERATIONS, TimestepEmbedder, TransformerBlock
+from .rope import RotaryTables
+
+
+class L2PTransformer(nn.Module):
+    """Predict the flow velocity ε − x₀ of a noisy image in [-1, 1].
+
+    Pipeline: patch tokens and caption tokens are padded to a multiple of 32 with learned pad
+    tokens; noise and context refiners run on each stream, the joint blocks on
+    [image, caption]; the real image tokens, as a feature map on the token grid, go with the
+    noisy image into the local decoder, whose output x₀ − ε is negated.
+
+    `dtype` is the compute dtype (parameters are created in it); `operations` supplies the
+    Linear/Conv2d/RMSNorm classes (default `torch.nn`).
+    """
+
+    def __init__(self, config: L2PConfig, *, dtype: torch.dtype | None = None, device=None, operations=None) -> None:
+        super().__init__()
+        operations = operations or TORCH_OPERATIONS
+        self.config = config
+        self.compute_dtype = dtype or torch.float32
+        factory = {"device": device, "dtype": dtype}
+        dim = config.dim
+
+        self.x_embedder = operations.Linear(config.in_channels * config.patch_size**2, dim, bias=True, **factory)
+        self.t_embedder = TimestepEmbedder(
+            config.t_freq_dim, config.t_embed_hidden, config.adaln_dim, operations=operations, **factory
+        )
+        self.cap_embedder = nn.Sequential(
+            operations.RMSNorm(config.cap_feat_dim, eps=config.norm_eps, elementwise_affine=True, **factory),
+            operations.Linear(config.cap_feat_dim, dim, bias=True, **factory),
+        )
+        self.x_pad_token = nn.Parameter(torch.empty((1, dim), **factory))
+        self.cap_pad_token = nn.Parameter(torch.empty((1, dim), **factory))
+
+        def blocks(count: int, modulated: bool) -> nn.ModuleList:
+            return nn.ModuleList(
+                TransformerBlock(config, modulated=modulated, operations=operations, **factory) for _ in range(count)
+            )
+
+        self.noise_refiner = blocks(config.n_refiner_layers, modulated=True)
+        self.context_refiner = blocks(config.n_refiner_layers, modulated=False)
+        self.layers = blocks(config.n_layers, modulated=True)
+        self.local_decoder = LocalDecoder(config.decoder, dim, operations=operations, **factory)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, context: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Return the velocity for x [B, C, H, W], sigma [B] and B caption-feature tensors [L_i, cap_feat_dim]."""
+        sigma = self._check_inputs(x, sigma, context)
+        config = self.config
+        dtype = self.compute_dtype
+        batch, _, height, width = x.shape
+        rows, cols = height // config.patch_size, width // config.patch_size
+
+        # The reference forms timestep = 1000·σ and t = (1000 − timestep) / 1000 in float32,
+        # which is not always bitwise 1 − σ; the embedding is sensitive enough to notice.
+        timestep = sigma.float() * 1000.0
+        time = (1000.0 - timestep) / 1000.0
+        adaln = self.t_embedder(time * config.time_scale, dtype)
+
+        image = x.to(dtype)
+        image_tokens = self._embed_image(image)
+        caption_tokens, caption_lengths = self._embed_captions(context, dtype)
+        image_rope, caption_rope, joint_rope = self._positions(batch, rows, cols, caption_tokens.shape[1], caption_lengths, x.device)
+        caption_mask, joint_mask = self._masks(image_tokens.shape[1], caption_tokens.shape[1], caption_lengths, x.device)
+
+        for block in self.noise_refiner:
+            image_tokens = block(image_tokens, image_rope, None, adaln)
+        for block in self.context_refiner:
+            caption_tokens = block(caption_tokens, caption_rope, caption_mask)
+
+        joint = torch.cat([image_tokens, caption_tokens], dim=1)
+        for block in self.layers:
+            joint = block(joint, joint_rope, joint_mask, adaln)
+
+        features = rearrange(joint[:, : rows * cols], "b (h w) d -> b d h w", h=rows, w=cols)
+        decoded = self.local_decoder(image, features)
+        return (-decoded).to(x.dtype)
+
+    def _embed_image(self, image: torch.Tensor) -> torch.Tensor:
+        patch = self.config.patch_size
+        patches = rearrange(image, "b c (h ph) (w pw) -> b (h w) (ph pw c)", ph=patch, pw=patch)
+        tokens = self.x_embedder(patches)
+        pad = -tokens.shape[1] % self.config.seq_multiple
+        pad_tokens = self.x_pad_token.to(tokens.dtype).expand(tokens.shape[0], pad, -1)
+        return torch.cat([tokens, pad_tokens], dim=1)
+
+    def _embed_captions(self, context: Sequence[torch.Tensor], dtype: torch.dtype) -> tuple[torch.Tensor, list[int]]:
+        """Embed each caption, append its pad tokens, and stack them, zero-padding to the longest."""
+        embedded = []
+        for features in context:
+            tokens = self.cap_embedder(features.to(self.x_pad_token.device, dtype))
+            pad = -tokens.shape[0] % self.config.seq_multiple
+            embedded.append(torch.cat([tokens, self.cap_pad_token.to(tokens.dtype).expand(pad, -1)]))
+
+        lengths = [len(tokens) for tokens in embedded]
+        stacked = embedded[0].new_zeros(len(embedded), max(lengths), self.config.dim)
+        for index, tokens in enumerate(embedded):
+            stacked[index, : len(tokens)] = tokens
+        return stacked, lengths
+
+    def _positions(
+        self, batch: int, rows: int, cols: int, caption_len: int, caption_lengths: list[int], device: torch.device
+    ) -> tuple[RotaryTables, RotaryTables, RotaryTables]:
+        """Build the RoPE tables of the image, caption and joint sequences.
+
+        Captions count (1 + i, 0, 0), pads included. Image tokens sit at
+        (padded caption length + 1, row, col); image pad tokens at (0, 0, 0).
+        """
+        config = self.config
+        caption_positions = torch.zeros(batch, caption_len, 3, dtype=torch.int64)
+        caption_positions[..., 0] = torch.arange(1, caption_len + 1)
+
+        grid_rows, grid_cols = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+        image_len = rows * cols + (-rows * cols % config.seq_multiple)
+        image_positions = torch.zeros(batch, image_len, 3, dtype=torch.int64)
+        image_positions[:, : rows * cols, 0] = torch.tensor(caption_lengths)[:, None] + 1
+        image_positions[:, : rows * cols, 1] = grid_rows.flatten()
+        image_positions[:, : rows * cols, 2] = grid_cols.flatten()
+
+        def tables(positions: torch.Tensor) -> RotaryTables:
+            return RotaryTables.from_positions(positions, config.axes_dims, config.rope_theta, device)
+
+        joint_positions = torch.cat([image_positions, caption_positions], dim=1)
+        return tables(image_positions), tables(caption_positions), tables(joint_positions)
+
+    @staticmethod
+    def _masks(image_len: int, caption_len: int, caption_lengths: list[int], device: torch.device):
+        """Return key masks for the caption and joint sequences, or None where no sample is padded."""
+        if all(length == caption_len for length in caption_lengths):
+            return None, None
+        caption_mask = torch.arange(caption_len, device=device)[None] < torch.tensor(caption_lengths, device=device)[:, None]
+        image_mask = torch.ones(len(caption_lengths), image_len, dtype=torch.bool, device=device)
+        return caption_mask, torch.cat([image_mask, caption_mask], dim=1)
+
+    def _check_inputs(self, x: torch.Tensor, sigma: torch.Tensor, context: Sequence[torch.Tensor]) -> torch.Tensor:
+        config = self.config
+        if x.ndim != 4 or x.shape[1] != config.in_channels:
+            raise ValueError(f"L2P expects an image batch [B, {config.in_channels}, H, W]; got shape {list(x.shape)}.")
+        batch, _, height, width = x.shape
+        if height % config.patch_size or width % config.patch_size or height == 0 or width == 0:
+            raise ValueError(
+                f"Image size {width}×{height} is not a multiple of the model's {config.patch_size}-px patch; "
+                f"use sizes that are multiples of {config.patch_size}."
+            )
+
+        if isinstance(context, torch.Tensor) or len(context) != batch:
+            found = f"a tensor of shape {list(context.shape)}" if isinstance(context, torch.Tensor) else f"{len(context)}"
+            raise ValueError(f"Expected a list of {batch} caption-feature tensors (one per image), got {found}.")
+        for index, features in enumerate(context):
+            if features.ndim != 2 or features.shape[0] == 0:
+                raise ValueError(f"Caption features {index} must be a non-empty [tokens, width] tensor; got shape {list(features.shape)}.")
+            if features.shape[1] != config.cap_feat_dim:
+                raise ValueError(
+                    f"Caption features are {features.shape[1]} wide but this model takes {config.cap_feat_dim}-wide "
+                    "features. Encode the prompt with the text encoder the model was trained with (Qwen3-4B for L2P)."
+                )
+
+        sigma = torch.as_tensor(sigma, device=x.device)
+        if sigma.ndim == 0:
+            sigma = sigma.expand(batch)
+        if sigma.shape != (batch,):
+            raise ValueError(f"sigma must have shape [{batch}] (one noise level per image); got {list(sigma.shape)}.")
+        return sigma

@@ -1,0 +1,171 @@
+"""Text-to-image and img2img sampling: seeded noise, classifier-free guidance, Euler steps."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+
+from .errors import SamplingCancelled, SamplingError
+from .schedule import flow_sigmas
+
+# callback(step, total, x0): called after step `step` (1-based) of `total` with that step's
+# estimate of the clean image x₀ [B, C, H, W] in [-1, 1] (not clamped).
+StepCallback = Callable[[int, int, torch.Tensor], None]
+# velocity(x, sigma) -> flow velocity ε − x₀ at noise level sigma, float32 like x.
+VelocityFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def draw_noise(seed: int, shape: Sequence[int]) -> torch.Tensor:
+    """Draw float32 Gaussian noise on the CPU as one tensor over the whole batch.
+
+    This is ComfyUI's convention (and the reference's `rand_device="cpu"` path), so the
+    same seed gives the same noise on every device and batch size 1 matches the reference.
+    """
+    generator = torch.Generator("cpu").manual_seed(int(seed))
+    return torch.randn(tuple(shape), generator=generator, dtype=torch.float32)
+
+
+def guided_velocity(model, positive: list[torch.Tensor], negative: list[torch.Tensor], cfg: float) -> VelocityFunction:
+    """Return v = v_neg + cfg·(v_pos − v_neg), with the negative pass skipped at cfg 1.
+
+    The two branches run as separate passes, as in the reference pipeline.
+    """
+
+    def velocity(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        sigmas = sigma.expand(x.shape[0])
+        v_pos = model(x, sigmas, positive).float()
+        if cfg == 1.0:
+            return v_pos
+        v_neg = model(x, sigmas, negative).float()
+        return v_neg + cfg * (v_pos - v_neg)
+
+    return velocity
+
+
+def euler(
+    velocity: VelocityFunction,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    callback: StepCallback | None = None,
+    cancel_check: Callable[[], bool] | None = None,
+    model_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Integrate the flow ODE with Euler steps x ← x + v·(σ_next − σ) over `sigmas` (ending in 0).
+
+    `cancel_check()` runs before every step; when it returns True, SamplingCancelled is
+    raised. A NaN or Inf in the state raises SamplingError naming the step and dtype.
+    """
+    total = len(sigmas) - 1
+    for index in range(total):
+        if cancel_check is not None and cancel_check():
+            raise SamplingCancelled(f"Sampling was cancelled before step {index + 1} of {total}.")
+
+        sigma, sigma_next = sigmas[index], sigmas[index + 1]
+        v = velocity(x, sigma)
+        x0 = x - sigma * v
+        x = x + v * (sigma_next - sigma)
+
+        if not torch.isfinite(x).all():
+            dtype = str(model_dtype).removeprefix("torch.") if model_dtype is not None else "unknown"
+            raise SamplingError(
+                f"Sampling produced NaN or Inf at step {index + 1} of {total} (sigma {float(sigma):.4f}) "
+                f"with the model in {dtype}. float16 overflows in this network: load it in bfloat16 "
+                "or float32. If it already is, check the conditioning and the input image for NaN."
+            )
+        if callback is not None:
+            callback(index + 1, total, x0)
+    return x
+
+
+def sample(
+    model,
+    positive,
+    negative,
+    *,
+    width: int,
+    height: int,
+    seed: int,
+    steps: int = 30,
+    cfg: float = 2.0,
+    shift: float = 3.0,
+    init_image: torch.Tensor | None = None,
+    denoise: float = 1.0,
+    callback: StepCallback | None = None,
+    batch_size: int | None = None,
+    cancel_check: Callable[[], bool] | None = None,
+) -> torch.Tensor:
+    """Generate images [B, 3, height, width] in [-1, 1] (float32, clamped) on the model's device.
+
+    `positive` and `negative` are lists of caption-feature tensors [L_i, cap_feat_dim]; a list
+    of one is repeated over the batch. The batch size is `batch_size`, else the longest of
+    `positive` and `init_image`. With `init_image` [B or 1, 3, H, W] in [-1, 1] and
+    `denoise` < 1 this is img2img: the σ grid starts at shift(denoise) and the image is
+    noised to that level first.
+    """
+    config = model.config
+    _check_size(width, height, config.patch_size)
+    if not math.isfinite(cfg) or cfg < 0:
+        raise ValueError(f"cfg must be a finite number ≥ 0; got {cfg}.")
+    if denoise < 1.0 and init_image is None:
+        raise ValueError(f"denoise {denoise} < 1 needs an init_image to start from; pass one or use denoise 1.0.")
+
+    positive = _caption_list(positive, "positive")
+    negative = _caption_list(negative, "negative")
+    batch = batch_size or max(len(positive), 1 if init_image is None else init_image.shape[0])
+    positive = _broadcast(positive, batch, "positive")
+    negative = _broadcast(negative, batch, "negative") if cfg != 1.0 else positive
+
+    parameter = next(model.parameters())
+    device = parameter.device
+    noise = draw_noise(seed, (batch, config.in_channels, height, width)).to(device)
+    sigmas = flow_sigmas(steps, shift=shift, denoise=denoise if init_image is not None else 1.0).to(device)
+
+    if init_image is None:
+        x = noise
+    else:
+        clean = _check_init_image(init_image, batch, config.in_channels, width, height).to(device)
+        x = (1 - sigmas[0]) * clean + sigmas[0] * noise
+
+    with torch.inference_mode():
+        velocity = guided_velocity(model, positive, negative, cfg)
+        x = euler(velocity, x, sigmas, callback=callback, cancel_check=cancel_check, model_dtype=parameter.dtype)
+    return x.clamp(-1.0, 1.0)
+
+
+def _check_size(width: int, height: int, patch: int) -> None:
+    if width <= 0 or height <= 0 or width % patch or height % patch:
+        raise ValueError(
+            f"Image size {width}×{height} is not a positive multiple of the model's {patch}-px patch; "
+            f"use multiples of {patch} (for example {max(patch, round(width / patch) * patch)}×"
+            f"{max(patch, round(height / patch) * patch)})."
+        )
+
+
+def _caption_list(captions, name: str) -> list[torch.Tensor]:
+    if isinstance(captions, torch.Tensor):
+        captions = [captions] if captions.ndim == 2 else list(captions.unbind(0))
+    captions = list(captions)
+    if not captions:
+        raise ValueError(f"{name} conditioning is empty; pass at least one caption-feature tensor.")
+    return captions
+
+
+def _broadcast(captions: list[torch.Tensor], batch: int, name: str) -> list[torch.Tensor]:
+    if len(captions) == batch:
+        return captions
+    if len(captions) == 1:
+        return captions * batch
+    raise ValueError(f"{name} conditioning has {len(captions)} entries for a batch of {batch}; pass 1 or {batch}.")
+
+
+def _check_init_image(image: torch.Tensor, batch: int, channels: int, width: int, height: int) -> torch.Tensor:
+    if image.ndim != 4 or image.shape[1] != channels or image.shape[0] not in (1, batch):
+        raise ValueError(f"init_image must have shape [{batch} or 1, {channels}, H, W]; got {list(image.shape)}.")
+    if image.shape[-2:] != (height, width):
+        raise ValueError(
+            f"init_image is {image.shape[-1]}×{image.shape[-2]} but width×height is {width}×{height}; they must match."
+        )
+    return image.float().expand(batch, -1, -1, -1)

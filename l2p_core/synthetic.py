@@ -1,0 +1,143 @@
+"""Randomly initialised L2P checkpoints in the real file layouts, for tests and benchmarks.
+
+The weights are random, so images are noise; what matters is that the files have the key
+names, shapes and dtypes of released checkpoints and go through the real loader.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from .config import DecoderConfig, DecoderLevel, L2PConfig, expected_shapes, rope_axes_for_head
+
+COMFYUI_PREFIX = "model.diffusion_model."
+
+
+def tiny_config(
+    *,
+    dim: int = 64,
+    n_heads: int = 2,
+    n_layers: int = 2,
+    n_refiner_layers: int = 1,
+    cap_feat_dim: int = 32,
+    decoder_channels: tuple[int, int, int, int] = (8, 16, 16, 32),
+) -> L2PConfig:
+    """Return a small 1K-architecture configuration (patch 16, 4-level decoder)."""
+    levels = []
+    up_in = decoder_channels[-1]
+    enc_in = [3, *decoder_channels[:-1]]
+    # Walk inwards-out as the decoder runs upwards: each level's up-conv keeps its input width
+    # and the level's dec conv reduces to the next-outer level's encoder width.
+    dec_out = [decoder_channels[0], *decoder_channels[:-1]]
+    for index in reversed(range(4)):
+        levels.append(DecoderLevel(str(index + 1), enc_in[index], decoder_channels[index], up_in, up_in, dec_out[index]))
+        up_in = dec_out[index]
+    levels.reverse()
+    head_dim = dim // n_heads
+    return L2PConfig(
+        patch_size=16,
+        in_channels=3,
+        dim=dim,
+        n_heads=n_heads,
+        n_layers=n_layers,
+        n_refiner_layers=n_refiner_layers,
+        cap_feat_dim=cap_feat_dim,
+        ffn_hidden=int(dim / 3 * 8),
+        adaln_dim=min(dim, 256),
+        t_embed_hidden=1024,
+        t_freq_dim=256,
+        decoder=DecoderConfig(tuple(levels), decoder_channels[-1], 3),
+        axes_dims=rope_axes_for_head(head_dim),
+    )
+
+
+def random_state_dict(config: L2PConfig, *, seed: int = 0, dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:
+    """Return random weights under canonical names, scaled so activations stay in a sane range."""
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, shape in expected_shapes(config).items():
+        noise = torch.randn(shape, generator=generator)
+        if name.endswith("_pad_token"):
+            tensor = 0.5 * noise
+        elif "norm" in name or name == "cap_embedder.0.weight":
+            tensor = 1 + 0.1 * noise
+        elif name.endswith(".bias"):
+            tensor = 0.02 * noise
+        elif len(shape) == 4:
+            tensor = noise * math.sqrt(2 / math.prod(shape[1:])) * (0.2 if "out_conv" in name else 1.0)
+        else:
+            tensor = noise / math.sqrt(shape[1])
+        state[name] = tensor.to(dtype)
+    return state
+
+
+def to_official_layout(state: dict[str, torch.Tensor], patch_size: int, float32_layers: range | None = None) -> dict[str, torch.Tensor]:
+    """Rename canonical weights to the official (DiffSynth) layout and split the fused q/k/v.
+
+    `float32_layers` stores those joint blocks in float32, as the released 1K file stores
+    the blocks 5–24 that were frozen during the transfer from Z-Image-Turbo.
+    """
+    official = {}
+    for name, tensor in state.items():
+        block = re.match(r"^layers\.(\d+)\.", name)
+        if float32_layers is not None and block and int(block[1]) in float32_layers:
+            tensor = tensor.float()
+        if name.endswith(".attention.qkv.weight"):
+            stem = name.removesuffix(".qkv.weight")
+            for part, rows in zip("qkv", tensor.chunk(3, dim=0)):
+                official[f"{stem}.to_{part}.weight"] = rows.contiguous()
+            continue
+        name = name.replace("x_embedder.", f"all_x_embedder.{patch_size}-1.", 1) if name.startswith("x_embedder.") else name
+        name = name.replace(".attention.out.", ".attention.to_out.0.")
+        name = name.replace(".attention.q_norm.", ".attention.norm_q.").replace(".attention.k_norm.", ".attention.norm_k.")
+        official[name] = tensor
+    return official
+
+
+def to_comfyui_layout(official: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Convert the official layout to ComfyUI's: prefix, `x_embedder`, fused `qkv`, `out`, `q_norm`/`k_norm`."""
+    converted = {}
+    for name, tensor in official.items():
+        if ".attention.to_k." in name or ".attention.to_v." in name:
+            continue
+        if ".attention.to_q." in name:
+            stem = name.removesuffix(".to_q.weight")
+            parts = [official[f"{stem}.to_{part}.weight"] for part in "qkv"]
+            converted[f"{COMFYUI_PREFIX}{stem}.qkv.weight"] = torch.cat(parts, dim=0)
+            continue
+        name = re.sub(r"^all_x_embedder\.\d+-1\.", "x_embedder.", name)
+        name = name.replace(".attention.to_out.0.", ".attention.out.")
+        name = name.replace(".attention.norm_q.", ".attention.q_norm.").replace(".attention.norm_k.", ".attention.k_norm.")
+        converted[COMFYUI_PREFIX + name] = tensor
+    return converted
+
+
+def save_sharded(state: dict[str, torch.Tensor], folder: Path, stem: str, shards: int, *, index: bool) -> list[Path]:
+    """Write `state` as `stem-0000N-of-0000M.safetensors` shards, with a Hugging Face index if asked."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = sorted(state)
+    paths = []
+    weight_map = {}
+    for shard in range(shards):
+        path = folder / f"{stem}-{shard + 1:05d}-of-{shards:05d}.safetensors"
+        chunk = names[shard::shards]
+        save_file({name: state[name].contiguous() for name in chunk}, str(path))
+        weight_map |= {name: path.name for name in chunk}
+        paths.append(path)
+    if index:
+        (folder / f"{stem}.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return paths
+
+
+def write_checkpoint(path: Path, config: L2PConfig, *, layout: str = "official", seed: int = 0) -> Path:
+    """Write a random checkpoint of `config` in the "official" or "comfyui" layout."""
+    official = to_official_layout(random_state_dict(config, seed=seed), config.patch_size, float32_layers=range(1, 2))
+    state = official if layout == "official" else to_comfyui_layout(official)
+    save_file({name: tensor.contiguous() for name, tensor in state.items()}, str(path))
+    return path
