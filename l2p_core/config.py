@@ -205,8 +205,9 @@ class _ShapeReader:
     def require(self, name: str, ndim: int) -> tuple[int, ...]:
         if name not in self.layout:
             raise CheckpointError(
-                f"'{self.layout.path}' is missing '{name}', which every L2P checkpoint has. "
-                "The file is incomplete or not L2P: download it again."
+                f"'{self.layout.path}' is missing '{name}', which every L2P checkpoint has. The file "
+                "is incomplete or damaged; the network is never run with random weights in its "
+                "place. Download the file again."
             )
         shape = self.layout.shape(name)
         if len(shape) != ndim:

@@ -147,6 +147,13 @@ def _reject_other_architectures(path: Path, keys: dict[str, TensorEntry]) -> Non
         )
 
     if not any(key.startswith("local_decoder.") for key in keys):
+        pixel_embedders = [key for key in keys if re.match(r"^(all_x_embedder\.(16|64|128|160)-1|x_embedder)\.weight$", key)]
+        if any(keys[key].shape[-1] >= 3 * 16 * 16 for key in pixel_embedders):
+            raise CheckpointError(
+                f"'{path}' has an L2P pixel patch embedder but no local decoder weights "
+                "('local_decoder.*'). The file is incomplete; the decoder is never replaced by "
+                f"random weights. Download the file again. {L2P_DOWNLOAD_HINT}"
+            )
         final_layer = any(key.startswith(("final_layer.", "all_final_layer.")) for key in keys)
         evidence = "it has a final layer and no local decoder" if final_layer else "it has no local decoder"
         raise CheckpointError(

@@ -1,0 +1,295 @@
+"""Checkpoint reading: layouts, shard sets, configuration from shapes, and every rejection.
+
+Rejections must happen from the headers alone, before the network is built or any tensor
+is read; the `no_tensor_reads` fixture turns either into a test failure.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import l2p_core
+from l2p_core import loader, synthetic
+from l2p_core.safetensors_files import TensorReader
+
+from .conftest import OFFICIAL_1K
+
+
+@pytest.fixture(scope="module")
+def official_state() -> dict[str, torch.Tensor]:
+    return load_file(OFFICIAL_1K)
+
+
+@pytest.fixture
+def no_tensor_reads(monkeypatch):
+    def forbidden(*_args, **_kwargs):
+        raise AssertionError("a rejected checkpoint was read or instantiated")
+
+    monkeypatch.setattr(TensorReader, "read", forbidden)
+    monkeypatch.setattr(loader, "L2PTransformer", forbidden)
+
+
+def save(tmp_path: Path, state: dict[str, torch.Tensor], name: str = "model.safetensors") -> Path:
+    path = tmp_path / name
+    save_file({key: value.contiguous() for key, value in state.items()}, str(path))
+    return path
+
+
+def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    b_state = b.state_dict()
+    for name, tensor in a.state_dict().items():
+        assert torch.equal(tensor, b_state[name]), name
+
+
+# --- layouts and shards -------------------------------------------------------------
+
+
+def test_official_layout_is_renamed_to_comfyui_names():
+    info = l2p_core.inspect_checkpoint(OFFICIAL_1K)
+    assert info.layout.layout == "official"
+    assert "x_embedder.weight" in info.layout
+    assert info.layout.shape("layers.0.attention.qkv.weight") == (384, 128)
+    assert "layers.0.attention.out.weight" in info.layout
+    assert "layers.0.attention.q_norm.weight" in info.layout
+    assert len(info.layout.tensors) == 102
+
+
+def test_comfyui_layout_is_recognised_with_prefix(comfyui_1k):
+    info = l2p_core.inspect_checkpoint(comfyui_1k)
+    assert info.layout.layout == "comfyui (prefix 'model.diffusion_model.')"
+    assert info.config == l2p_core.inspect_checkpoint(OFFICIAL_1K).config
+
+
+def test_model_parameter_names_are_comfyui_names():
+    model = l2p_core.load_model(OFFICIAL_1K)
+    names = set(dict(model.named_parameters()))
+    assert "layers.2.attention.qkv.weight" in names
+    assert "noise_refiner.0.adaLN_modulation.0.weight" in names
+    assert "local_decoder.bottleneck.0.weight" in names
+    assert not any("to_q" in name or "all_x_embedder" in name for name in names)
+
+
+def test_mixed_storage_dtypes_are_cast_per_tensor():
+    stored = {entry.name: entry.dtype for entry in l2p_core.inspect_checkpoint(OFFICIAL_1K).layout.tensors["layers.1.feed_forward.w1.weight"].parts}
+    assert stored == {"layers.1.feed_forward.w1.weight": "F32"}
+    model = l2p_core.load_model(OFFICIAL_1K, dtype=torch.bfloat16)
+    assert {parameter.dtype for parameter in model.parameters()} == {torch.bfloat16}
+
+
+def test_config_comes_from_shapes_not_file_name(tmp_path):
+    path = shutil.copy(OFFICIAL_1K, tmp_path / "l2p_4k_sft.safetensors")
+    config = l2p_core.inspect_checkpoint(path).config
+    assert (config.patch_size, config.dim, config.n_heads, config.n_layers) == (16, 128, 2, 3)
+    assert (config.n_refiner_layers, config.cap_feat_dim, config.ffn_hidden, config.adaln_dim) == (1, 32, 341, 128)
+    assert config.axes_dims == (16, 24, 24)
+    assert config.decoder.depth == 4
+
+
+@pytest.mark.parametrize(("with_index", "given"), [(True, "first"), (True, "last"), (True, "index"), (False, "first"), (False, "last")])
+def test_sharded_sets_load_from_any_member(tmp_path, official_state, with_index, given):
+    shards = synthetic.save_sharded(official_state, tmp_path, "diffusion_pytorch_model", 3, index=with_index)
+    path = {"first": shards[0], "last": shards[-1], "index": tmp_path / "diffusion_pytorch_model.safetensors.index.json"}[given]
+    assert_same_weights(l2p_core.load_model(path), l2p_core.load_model(OFFICIAL_1K))
+
+
+def test_missing_shard_is_named(tmp_path, official_state, no_tensor_reads):
+    shards = synthetic.save_sharded(official_state, tmp_path, "model", 3, index=False)
+    shards[1].unlink()
+    with pytest.raises(l2p_core.CheckpointError, match=r"shard 1 of a 3-file set.*model-00002-of-00003\.safetensors"):
+        l2p_core.load_model(shards[0])
+
+
+def test_index_naming_missing_shard_is_named(tmp_path, official_state, no_tensor_reads):
+    shards = synthetic.save_sharded(official_state, tmp_path, "model", 2, index=True)
+    shards[0].unlink()
+    with pytest.raises(l2p_core.CheckpointError, match=r"lists 2 shard\(s\), but 1 are missing.*model-00001-of-00002"):
+        l2p_core.load_model(shards[1])
+
+
+def test_tensor_in_two_shards_is_rejected(tmp_path, official_state, no_tensor_reads):
+    names = sorted(official_state)
+    save_file({name: official_state[name] for name in names[:60]}, str(tmp_path / "m-00001-of-00002.safetensors"))
+    save_file({name: official_state[name] for name in names[59:]}, str(tmp_path / "m-00002-of-00002.safetensors"))
+    with pytest.raises(l2p_core.CheckpointError, match=f"'{names[59]}' appears in both"):
+        l2p_core.load_model(tmp_path / "m-00001-of-00002.safetensors")
+
+
+# --- rejections -----------------------------------------------------------------------
+
+
+def zimage_backbone(official_state) -> dict[str, torch.Tensor]:
+    """The tiny checkpoint's backbone without the L2P-specific parts."""
+    return {name: tensor for name, tensor in official_state.items() if not name.startswith(("local_decoder.", "all_x_embedder."))}
+
+
+def test_latent_zimage_checkpoint_is_rejected(tmp_path, official_state, no_tensor_reads):
+    state = zimage_backbone(official_state)
+    state["all_x_embedder.2-1.weight"] = torch.zeros(128, 64)
+    state["all_x_embedder.2-1.bias"] = torch.zeros(128)
+    state["all_final_layer.2-1.linear.weight"] = torch.zeros(64, 128)
+    with pytest.raises(l2p_core.CheckpointError, match=r"latent Z-Image checkpoint \(it has a final layer.*Load Diffusion Model.*model-1k-merge"):
+        l2p_core.load_model(save(tmp_path, state, "z_image_turbo_bf16.safetensors"))
+
+
+def test_zeta_chroma_pixel_variant_is_rejected(tmp_path, official_state, no_tensor_reads):
+    state = zimage_backbone(official_state)
+    state["x_embedder.weight"] = torch.zeros(128, 768)
+    state["dec_net.cond_embed.weight"] = torch.zeros(16, 128)
+    with pytest.raises(l2p_core.CheckpointError, match=r"DCT decoder head \('dec_net\.\*'.*not L2P"):
+        l2p_core.load_model(save(tmp_path, state))
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ({"double_blocks.0.img_attn.qkv.weight": (8, 4)}, "FLUX-family"),
+        ({"model.layers.0.self_attn.q_proj.weight": (8, 4), "model.embed_tokens.weight": (16, 4)}, "text encoder.*models/text_encoders"),
+        ({"decoder.conv_in.weight": (4, 4, 3, 3)}, "a VAE"),
+        ({"diffusion_model.layers.0.attention.qkv.lora_A.weight": (4, 8)}, "a LoRA"),
+        ({"foo.bar": (2,)}, r"none of the Z-Image backbone keys .* First keys in the file: foo\.bar"),
+    ],
+)
+def test_other_architectures_are_named(tmp_path, keys, message, no_tensor_reads):
+    path = save(tmp_path, {name: torch.zeros(shape) for name, shape in keys.items()})
+    with pytest.raises(l2p_core.CheckpointError, match=message):
+        l2p_core.load_model(path)
+
+
+@pytest.mark.parametrize(
+    ("removed", "message"),
+    [
+        ("local_decoder.dec2.0.weight", r"missing 'local_decoder\.dec2\.0\.weight'.*never run with random weights"),
+        ("local_decoder.dec2.0.bias", r"missing 1 L2P weight\(s\): local_decoder\.dec2\.0\.bias.*never run with random weights"),
+    ],
+)
+def test_missing_decoder_weight_is_named(tmp_path, official_state, removed, message, no_tensor_reads):
+    state = dict(official_state)
+    del state[removed]
+    with pytest.raises(l2p_core.CheckpointError, match=message):
+        l2p_core.load_model(save(tmp_path, state))
+
+
+def test_missing_decoder_level_is_rejected(tmp_path, official_state, no_tensor_reads):
+    state = {name: tensor for name, tensor in official_state.items() if not name.startswith("local_decoder.enc4.")}
+    with pytest.raises(l2p_core.CheckpointError, match="3-level local decoder.*levels are missing"):
+        l2p_core.load_model(save(tmp_path, state))
+
+
+def test_missing_whole_decoder_is_rejected(tmp_path, official_state, no_tensor_reads):
+    state = {name: tensor for name, tensor in official_state.items() if not name.startswith("local_decoder.")}
+    with pytest.raises(l2p_core.CheckpointError, match=r"pixel patch embedder but no local decoder weights"):
+        l2p_core.load_model(save(tmp_path, state))
+
+
+def test_misshapen_decoder_weight_is_named(tmp_path, official_state, no_tensor_reads):
+    state = dict(official_state)
+    state["local_decoder.out_conv.weight"] = torch.zeros(3, 32, 1, 1, dtype=torch.bfloat16)
+    with pytest.raises(l2p_core.CheckpointError, match=r"'local_decoder\.out_conv\.weight' is \[3, 32, 1, 1\], expected \[3, 64, 1, 1\]"):
+        l2p_core.load_model(save(tmp_path, state))
+
+
+def test_unexpected_tensor_is_rejected(tmp_path, official_state, no_tensor_reads):
+    state = dict(official_state)
+    state["local_decoder.extra.0.weight"] = torch.zeros(3)
+    with pytest.raises(l2p_core.CheckpointError, match=r"1 tensor\(s\) that L2P does not use: local_decoder\.extra\.0\.weight"):
+        l2p_core.load_model(save(tmp_path, state))
+
+
+def test_mixed_key_layouts_are_rejected(tmp_path, official_state, no_tensor_reads):
+    state = dict(official_state)
+    state["layers.0.attention.qkv.weight"] = torch.zeros(384, 128, dtype=torch.bfloat16)
+    with pytest.raises(l2p_core.CheckpointError, match="stores 'layers.0.attention.qkv.weight' twice"):
+        l2p_core.load_model(save(tmp_path, state))
+
+
+def test_quantised_repack_is_rejected(tmp_path, official_state, no_tensor_reads):
+    state = dict(official_state)
+    state["layers.0.feed_forward.w1.weight"] = torch.zeros(341, 128, dtype=torch.int8)
+    with pytest.raises(l2p_core.CheckpointError, match="as I8: it is a quantised repack"):
+        l2p_core.load_model(save(tmp_path, state))
+
+
+@pytest.mark.parametrize(("patch", "variant"), [(64, "HR 4K"), (128, "HR 8K"), (160, "HR 10K"), (32, "L2P variant with 32-px patches")])
+def test_hr_checkpoints_are_named(tmp_path, official_state, patch, variant, no_tensor_reads):
+    state = dict(official_state)
+    del state["all_x_embedder.16-1.weight"], state["all_x_embedder.16-1.bias"]
+    state[f"all_x_embedder.{patch}-1.weight"] = torch.zeros(128, 3 * patch * patch, dtype=torch.bfloat16)
+    state[f"all_x_embedder.{patch}-1.bias"] = torch.zeros(128, dtype=torch.bfloat16)
+    with pytest.raises(l2p_core.UnsupportedCheckpointError, match=rf"{variant}.*patch size {patch}.*1K model"):
+        l2p_core.load_model(save(tmp_path, state))
+
+
+def test_truncated_file_is_rejected(tmp_path, no_tensor_reads):
+    data = OFFICIAL_1K.read_bytes()
+    path = tmp_path / "model-1k-merge.safetensors"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(l2p_core.CheckpointError, match=r"is truncated: .* download the file again"):
+        l2p_core.load_model(path)
+
+
+def header_bytes(header: dict, data_size: int) -> bytes:
+    encoded = json.dumps(header).encode()
+    return struct.pack("<Q", len(encoded)) + encoded + bytes(data_size)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"\x05\x00", "too short to be a safetensors file"),
+        (struct.pack("<Q", 10**12) + b"{}", "corrupt or truncated safetensors header"),
+        (struct.pack("<Q", 12) + b"{not json!!}", "invalid JSON"),
+        (struct.pack("<Q", 2) + b"[]", "not a JSON object"),
+        (header_bytes({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 8]}}, 8), "needs 16 bytes"),
+        (header_bytes({"w": {"dtype": "Q9", "shape": [4], "data_offsets": [0, 4]}}, 4), "unknown dtype 'Q9'"),
+        (header_bytes({"w": {"dtype": "F32", "shape": "four"}}, 4), "entry for 'w' is malformed"),
+    ],
+)
+def test_corrupt_headers_are_rejected(tmp_path, content, message, no_tensor_reads):
+    path = tmp_path / "broken.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(l2p_core.CheckpointError, match=message):
+        l2p_core.load_model(path)
+
+
+class Exploit:
+    """Unpickling this object creates a marker file; the loader must never do it."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("suffix", [".ckpt", ".pt", ".pth", ".bin"])
+def test_pickle_files_are_never_unpickled(tmp_path, suffix, no_tensor_reads):
+    marker = tmp_path / "unpickled"
+    path = tmp_path / f"model{suffix}"
+    path.write_bytes(pickle.dumps(Exploit(marker)))
+    with pytest.raises(l2p_core.CheckpointError, match=rf"pickle checkpoint \('{suffix}'\).*never unpickled.*safetensors"):
+        l2p_core.load_model(path)
+    assert not marker.exists()
+
+
+def test_pickle_renamed_to_safetensors_is_rejected(tmp_path, no_tensor_reads):
+    marker = tmp_path / "unpickled"
+    path = tmp_path / "model.safetensors"
+    torch.save({"exploit": Exploit(marker)}, path)
+    with pytest.raises(l2p_core.CheckpointError, match="PyTorch pickle file although its name ends in '.safetensors'"):
+        l2p_core.load_model(path)
+    assert not marker.exists()
+
+
+def test_missing_path_and_folder_are_rejected(tmp_path, no_tensor_reads):
+    with pytest.raises(l2p_core.CheckpointError, match="does not exist"):
+        l2p_core.load_model(tmp_path / "nothing.safetensors")
+    with pytest.raises(l2p_core.CheckpointError, match="is a folder"):
+        l2p_core.load_model(tmp_path)
