@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from .errors import CheckpointError
 from .layouts import CheckpointLayout
@@ -47,9 +46,12 @@ class DecoderConfig:
     out_channels: int
 
     def __post_init__(self) -> None:
-        for outer, inner in zip(self.levels, self.levels[1:]):
+        for outer, inner in zip(self.levels, self.levels[1:], strict=False):
             if inner.enc_in != outer.enc_out:
-                raise ValueError(f"decoder level {inner.name} takes {inner.enc_in} channels but level {outer.name} gives {outer.enc_out}")
+                raise ValueError(
+                    f"decoder level {inner.name} takes {inner.enc_in} channels "
+                    f"but level {outer.name} gives {outer.enc_out}"
+                )
 
     @property
     def depth(self) -> int:
@@ -86,7 +88,9 @@ class L2PConfig:
         if self.dim % self.n_heads:
             raise ValueError(f"{self.n_heads} heads do not divide the hidden size {self.dim}")
         if sum(self.axes_dims) != self.head_dim:
-            raise ValueError(f"RoPE axes {self.axes_dims} sum to {sum(self.axes_dims)}, not the head width {self.head_dim}")
+            raise ValueError(
+                f"RoPE axes {self.axes_dims} sum to {sum(self.axes_dims)}, not the head width {self.head_dim}"
+            )
         if any(axis % 2 for axis in self.axes_dims):
             raise ValueError(f"RoPE axes {self.axes_dims} must be even (pairs of channels rotate together)")
         if self.decoder.levels[0].enc_in != self.in_channels or self.decoder.out_channels != self.in_channels:
@@ -211,7 +215,9 @@ class _ShapeReader:
             )
         shape = self.layout.shape(name)
         if len(shape) != ndim:
-            raise CheckpointError(f"'{self.layout.path}': '{name}' has shape {list(shape)}, expected a {ndim}-D tensor.")
+            raise CheckpointError(
+                f"'{self.layout.path}': '{name}' has shape {list(shape)}, expected a {ndim}-D tensor."
+            )
         return shape
 
 

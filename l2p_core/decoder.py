@@ -36,7 +36,9 @@ class LocalDecoder(nn.Module):
             self.add_module(f"dec{level.name}", dec)
 
         bottleneck_in = decoder.levels[-1].enc_out + feature_dim
-        self.bottleneck = nn.Sequential(operations.Conv2d(bottleneck_in, decoder.bottleneck_out, 1, **factory), nn.SiLU())
+        self.bottleneck = nn.Sequential(
+            operations.Conv2d(bottleneck_in, decoder.bottleneck_out, 1, **factory), nn.SiLU()
+        )
         self.out_conv = operations.Conv2d(decoder.levels[0].dec_out, decoder.out_channels, 1, **factory)
 
     def forward(self, image: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
@@ -53,7 +55,7 @@ class LocalDecoder(nn.Module):
             features = F.interpolate(features, size=hidden.shape[-2:], mode="nearest")
         hidden = self.bottleneck(torch.cat([hidden, features.to(hidden.dtype)], dim=1))
 
-        for name, skip in zip(reversed(self.level_names), reversed(skips)):
+        for name, skip in zip(reversed(self.level_names), reversed(skips), strict=True):
             hidden = self.get_submodule(f"up{name}")(hidden)
             hidden = self.get_submodule(f"dec{name}")(torch.cat([hidden, skip], dim=1))
         return self.out_conv(hidden)

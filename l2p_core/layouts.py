@@ -40,10 +40,23 @@ ZIMAGE_TELLTALES = ("cap_embedder.1.weight", "context_refiner.0.attention_norm1.
 
 # Telltale key fragments of other model families, for a helpful rejection message.
 OTHER_FAMILIES = (
-    ("double_blocks.0.img_attn", "a FLUX-family diffusion model", "Load it with ComfyUI's stock 'Load Diffusion Model' node."),
+    (
+        "double_blocks.0.img_attn",
+        "a FLUX-family diffusion model",
+        "Load it with ComfyUI's stock 'Load Diffusion Model' node.",
+    ),
     ("joint_blocks.0.", "a Stable Diffusion 3 diffusion model", "Load it with ComfyUI's stock loaders."),
-    ("input_blocks.0.0.weight", "a Stable Diffusion 1.x/2.x/XL UNet", "Load it with ComfyUI's stock checkpoint loader."),
-    ("self_attn.q_proj.weight", "a language model / text encoder (for example Qwen3-4B)", "Text encoders go in models/text_encoders and load with CLIPLoader (type lumina2), or as --text-encoder on the command line."),
+    (
+        "input_blocks.0.0.weight",
+        "a Stable Diffusion 1.x/2.x/XL UNet",
+        "Load it with ComfyUI's stock checkpoint loader.",
+    ),
+    (
+        "self_attn.q_proj.weight",
+        "a language model / text encoder (for example Qwen3-4B)",
+        "Text encoders go in models/text_encoders and load with CLIPLoader (type lumina2), "
+        "or as --text-encoder on the command line.",
+    ),
     ("decoder.conv_in.weight", "a VAE", "L2P needs no VAE; VAEs load with ComfyUI's VAELoader."),
     ("lora_", "a LoRA", "Apply LoRAs with a LoRA loader node on top of the L2P model."),
     ("lora.down", "a LoRA", "Apply LoRAs with a LoRA loader node on top of the L2P model."),
@@ -58,7 +71,7 @@ SUPPORTED_PATCH_SIZES = frozenset({16})
 
 @dataclass(frozen=True)
 class CanonicalSource:
-    """Where one canonical parameter comes from: one stored tensor, or several concatenated on dim 0."""
+    """Source of one canonical parameter: one stored tensor, or several concatenated on dim 0."""
 
     parts: tuple[TensorEntry, ...]
 
@@ -99,7 +112,7 @@ def identify_checkpoint(path: Path, entries: dict[str, TensorEntry]) -> Checkpoi
         raise CheckpointError(f"'{path}' contains no tensors. Download the file again.")
 
     prefix = _find_prefix(entries)
-    keys = {name[len(prefix):]: entry for name, entry in entries.items() if name.startswith(prefix)}
+    keys = {name[len(prefix) :]: entry for name, entry in entries.items() if name.startswith(prefix)}
     _reject_other_architectures(path, keys)
 
     layout = "official" if any(key.startswith("all_x_embedder.") for key in keys) else "comfyui"
@@ -131,7 +144,9 @@ def _reject_other_architectures(path: Path, keys: dict[str, TensorEntry]) -> Non
     if not all(telltale in keys for telltale in ZIMAGE_TELLTALES):
         for fragment, family, advice in OTHER_FAMILIES:
             if any(fragment in key for key in keys):
-                raise CheckpointError(f"'{path}' is not an L2P model: it looks like {family}. {advice} {L2P_DOWNLOAD_HINT}")
+                raise CheckpointError(
+                    f"'{path}' is not an L2P model: it looks like {family}. {advice} {L2P_DOWNLOAD_HINT}"
+                )
         sample = ", ".join(sorted(keys)[:5])
         raise CheckpointError(
             f"'{path}' is not an L2P model: none of the Z-Image backbone keys "
@@ -147,7 +162,9 @@ def _reject_other_architectures(path: Path, keys: dict[str, TensorEntry]) -> Non
         )
 
     if not any(key.startswith("local_decoder.") for key in keys):
-        pixel_embedders = [key for key in keys if re.match(r"^(all_x_embedder\.(16|64|128|160)-1|x_embedder)\.weight$", key)]
+        pixel_embedders = [
+            key for key in keys if re.match(r"^(all_x_embedder\.(16|64|128|160)-1|x_embedder)\.weight$", key)
+        ]
         if any(keys[key].shape[-1] >= 3 * 16 * 16 for key in pixel_embedders):
             raise CheckpointError(
                 f"'{path}' has an L2P pixel patch embedder but no local decoder weights "
@@ -200,7 +217,13 @@ def _to_canonical(path: Path, keys: dict[str, TensorEntry]) -> dict[str, Canonic
                 f"'{path}': the q/k/v projections of '{block}' have different shapes "
                 f"{[list(parts[part].shape) for part in 'qkv']}; expected three equal [dim, dim] matrices."
             )
-        _add(path, tensors, f"{block}.qkv.weight", CanonicalSource(tuple(parts[part] for part in "qkv")), f"{block}.to_q/k/v")
+        _add(
+            path,
+            tensors,
+            f"{block}.qkv.weight",
+            CanonicalSource(tuple(parts[part] for part in "qkv")),
+            f"{block}.to_q/k/v",
+        )
     return tensors
 
 

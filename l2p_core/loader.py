@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CheckpointInfo:
-    """What a checkpoint is, read from its headers alone: layout, configuration and size."""
+    """Identity of a checkpoint, read from its headers alone: layout, configuration and size."""
 
     layout: CheckpointLayout
     config: L2PConfig
@@ -89,7 +89,9 @@ def _check_shapes(layout: CheckpointLayout, config: L2PConfig) -> None:
 
     wrong = [name for name, shape in expected.items() if layout.shape(name) != shape]
     if wrong:
-        details = "; ".join(f"'{name}' is {list(layout.shape(name))}, expected {list(expected[name])}" for name in wrong[:5])
+        details = "; ".join(
+            f"'{name}' is {list(layout.shape(name))}, expected {list(expected[name])}" for name in wrong[:5]
+        )
         raise CheckpointError(
             f"'{layout.path}' has {len(wrong)} misshapen L2P weight(s): {details}. "
             "The file does not match the L2P architecture; download the original release."
@@ -121,7 +123,9 @@ def _load_weights(
                 progress(done, len(parameters))
 
 
-def _materialise(reader: TensorReader, source: CanonicalSource, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def _materialise(
+    reader: TensorReader, source: CanonicalSource, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
     """Copy one canonical tensor out of the file mapping; split q/k/v are written into one buffer."""
     if len(source.parts) == 1:
         return reader.read(source.parts[0]).to(device=device, dtype=dtype, copy=True)

@@ -17,9 +17,9 @@ from .rope import RotaryTables
 class L2PTransformer(nn.Module):
     """Predict the flow velocity ε − x₀ of a noisy image in [-1, 1].
 
-    Pipeline: patch tokens and caption tokens are padded to a multiple of 32 with learned pad
-    tokens; noise and context refiners run on each stream, the joint blocks on
-    [image, caption]; the real image tokens, as a feature map on the token grid, go with the
+    Pipeline: patch tokens and caption tokens are padded to a multiple of 32 with learned
+    pad tokens. Noise and context refiners run on each stream, then the joint blocks on
+    [image, caption]. The real image tokens, as a feature map on the token grid, go with the
     noisy image into the local decoder, whose output x₀ − ε is negated.
 
     `dtype` is the compute dtype (parameters are created in it); `operations` supplies the
@@ -72,8 +72,12 @@ class L2PTransformer(nn.Module):
         image = x.to(dtype)
         image_tokens = self._embed_image(image)
         caption_tokens, caption_lengths = self._embed_captions(context, dtype)
-        image_rope, caption_rope, joint_rope = self._positions(batch, rows, cols, caption_tokens.shape[1], caption_lengths, x.device)
-        caption_mask, joint_mask = self._masks(image_tokens.shape[1], caption_tokens.shape[1], caption_lengths, x.device)
+        image_rope, caption_rope, joint_rope = self._positions(
+            batch, rows, cols, caption_tokens.shape[1], caption_lengths, x.device
+        )
+        caption_mask, joint_mask = self._masks(
+            image_tokens.shape[1], caption_tokens.shape[1], caption_lengths, x.device
+        )
 
         for block in self.noise_refiner:
             image_tokens = block(image_tokens, image_rope, None, adaln)
@@ -140,7 +144,9 @@ class L2PTransformer(nn.Module):
         """Return key masks for the caption and joint sequences, or None where no sample is padded."""
         if all(length == caption_len for length in caption_lengths):
             return None, None
-        caption_mask = torch.arange(caption_len, device=device)[None] < torch.tensor(caption_lengths, device=device)[:, None]
+        caption_mask = (
+            torch.arange(caption_len, device=device)[None] < torch.tensor(caption_lengths, device=device)[:, None]
+        )
         image_mask = torch.ones(len(caption_lengths), image_len, dtype=torch.bool, device=device)
         return caption_mask, torch.cat([image_mask, caption_mask], dim=1)
 
@@ -156,11 +162,16 @@ class L2PTransformer(nn.Module):
             )
 
         if isinstance(context, torch.Tensor) or len(context) != batch:
-            found = f"a tensor of shape {list(context.shape)}" if isinstance(context, torch.Tensor) else f"{len(context)}"
+            found = (
+                f"a tensor of shape {list(context.shape)}" if isinstance(context, torch.Tensor) else f"{len(context)}"
+            )
             raise ValueError(f"Expected a list of {batch} caption-feature tensors (one per image), got {found}.")
         for index, features in enumerate(context):
             if features.ndim != 2 or features.shape[0] == 0:
-                raise ValueError(f"Caption features {index} must be a non-empty [tokens, width] tensor; got shape {list(features.shape)}.")
+                raise ValueError(
+                    f"Caption features {index} must be a non-empty [tokens, width] tensor; "
+                    f"got shape {list(features.shape)}."
+                )
             if features.shape[1] != config.cap_feat_dim:
                 raise ValueError(
                     f"Caption features are {features.shape[1]} wide but this model takes {config.cap_feat_dim}-wide "

@@ -21,7 +21,9 @@ class RotaryTables:
     sin: torch.Tensor
 
     @classmethod
-    def from_positions(cls, positions: torch.Tensor, axes_dims: tuple[int, ...], theta: float, device: torch.device) -> RotaryTables:
+    def from_positions(
+        cls, positions: torch.Tensor, axes_dims: tuple[int, ...], theta: float, device: torch.device
+    ) -> RotaryTables:
         """Build the tables for integer positions [B, S, 3], computed on the CPU in float64 first."""
         positions = positions.to("cpu", torch.float64)
         angles = []

@@ -99,8 +99,7 @@ def read_header(path: Path) -> dict[str, TensorEntry]:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CheckpointError(
-            f"'{path}' has a corrupt safetensors header (invalid JSON: {error}). "
-            "Download the file again."
+            f"'{path}' has a corrupt safetensors header (invalid JSON: {error}). Download the file again."
         ) from error
     if not isinstance(header, dict):
         raise CheckpointError(f"'{path}' has a corrupt safetensors header (not a JSON object).")
@@ -168,7 +167,9 @@ def find_shard_files(path: Path) -> list[Path]:
 
     count = int(match["count"])
     width = len(match["index"])
-    shards = [path.with_name(f"{match['stem']}-{i:0{width}d}-of-{match['count']}.safetensors") for i in range(1, count + 1)]
+    shards = [
+        path.with_name(f"{match['stem']}-{i:0{width}d}-of-{match['count']}.safetensors") for i in range(1, count + 1)
+    ]
     missing = [shard.name for shard in shards if not shard.is_file()]
     if missing:
         raise CheckpointError(
@@ -185,8 +186,7 @@ def _shards_from_index(index: Path) -> list[Path]:
         names = sorted(set(weight_map.values()))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise CheckpointError(
-            f"'{index}' is not a valid safetensors index (expected a JSON object with a "
-            f"'weight_map'): {error!r}."
+            f"'{index}' is not a valid safetensors index (expected a JSON object with a 'weight_map'): {error!r}."
         ) from error
 
     shards = [index.with_name(name) for name in names]
@@ -205,9 +205,7 @@ def read_tensor_entries(path: Path) -> dict[str, TensorEntry]:
     if not path.exists():
         raise CheckpointError(f"Checkpoint '{path}' does not exist. Check the path.")
     if path.is_dir():
-        raise CheckpointError(
-            f"'{path}' is a folder. Pass a .safetensors file (for a sharded set, any of its shards)."
-        )
+        raise CheckpointError(f"'{path}' is a folder. Pass a .safetensors file (for a sharded set, any of its shards).")
     reject_pickle_suffix(path)
 
     entries: dict[str, TensorEntry] = {}

@@ -1,7 +1,7 @@
 """Randomly initialised L2P checkpoints in the real file layouts, for tests and benchmarks.
 
-The weights are random, so images are noise; what matters is that the files have the key
-names, shapes and dtypes of released checkpoints and go through the real loader.
+The weights are random, so the images are noise. What matters is that the files have the
+key names, shapes and dtypes of released checkpoints and go through the real loader.
 """
 
 from __future__ import annotations
@@ -36,7 +36,9 @@ def tiny_config(
     # and the level's dec conv reduces to the next-outer level's encoder width.
     dec_out = [decoder_channels[0], *decoder_channels[:-1]]
     for index in reversed(range(4)):
-        levels.append(DecoderLevel(str(index + 1), enc_in[index], decoder_channels[index], up_in, up_in, dec_out[index]))
+        levels.append(
+            DecoderLevel(str(index + 1), enc_in[index], decoder_channels[index], up_in, up_in, dec_out[index])
+        )
         up_in = dec_out[index]
     levels.reverse()
     head_dim = dim // n_heads
@@ -57,7 +59,9 @@ def tiny_config(
     )
 
 
-def random_state_dict(config: L2PConfig, *, seed: int = 0, dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:
+def random_state_dict(
+    config: L2PConfig, *, seed: int = 0, dtype: torch.dtype = torch.bfloat16
+) -> dict[str, torch.Tensor]:
     """Return random weights under canonical names, scaled so activations stay in a sane range."""
     generator = torch.Generator().manual_seed(seed)
     state = {}
@@ -77,7 +81,9 @@ def random_state_dict(config: L2PConfig, *, seed: int = 0, dtype: torch.dtype = 
     return state
 
 
-def to_official_layout(state: dict[str, torch.Tensor], patch_size: int, float32_layers: range | None = None) -> dict[str, torch.Tensor]:
+def to_official_layout(
+    state: dict[str, torch.Tensor], patch_size: int, float32_layers: range | None = None
+) -> dict[str, torch.Tensor]:
     """Rename canonical weights to the official (DiffSynth) layout and split the fused q/k/v.
 
     `float32_layers` stores those joint blocks in float32, as the released 1K file stores
@@ -90,12 +96,18 @@ def to_official_layout(state: dict[str, torch.Tensor], patch_size: int, float32_
             tensor = tensor.float()
         if name.endswith(".attention.qkv.weight"):
             stem = name.removesuffix(".qkv.weight")
-            for part, rows in zip("qkv", tensor.chunk(3, dim=0)):
+            for part, rows in zip("qkv", tensor.chunk(3, dim=0), strict=True):
                 official[f"{stem}.to_{part}.weight"] = rows.contiguous()
             continue
-        name = name.replace("x_embedder.", f"all_x_embedder.{patch_size}-1.", 1) if name.startswith("x_embedder.") else name
+        name = (
+            name.replace("x_embedder.", f"all_x_embedder.{patch_size}-1.", 1)
+            if name.startswith("x_embedder.")
+            else name
+        )
         name = name.replace(".attention.out.", ".attention.to_out.0.")
-        name = name.replace(".attention.q_norm.", ".attention.norm_q.").replace(".attention.k_norm.", ".attention.norm_k.")
+        name = name.replace(".attention.q_norm.", ".attention.norm_q.").replace(
+            ".attention.k_norm.", ".attention.norm_k."
+        )
         official[name] = tensor
     return official
 
@@ -113,7 +125,9 @@ def to_comfyui_layout(official: dict[str, torch.Tensor]) -> dict[str, torch.Tens
             continue
         name = re.sub(r"^all_x_embedder\.\d+-1\.", "x_embedder.", name)
         name = name.replace(".attention.to_out.0.", ".attention.out.")
-        name = name.replace(".attention.norm_q.", ".attention.q_norm.").replace(".attention.norm_k.", ".attention.k_norm.")
+        name = name.replace(".attention.norm_q.", ".attention.q_norm.").replace(
+            ".attention.norm_k.", ".attention.k_norm."
+        )
         converted[COMFYUI_PREFIX + name] = tensor
     return converted
 

@@ -1,7 +1,7 @@
 """Checkpoint reading: layouts, shard sets, configuration from shapes, and every rejection.
 
 Rejections must happen from the headers alone, before the network is built or any tensor
-is read; the `no_tensor_reads` fixture turns either into a test failure.
+is read. The `no_tensor_reads` fixture turns either into a test failure.
 """
 
 from __future__ import annotations
@@ -78,7 +78,10 @@ def test_model_parameter_names_are_comfyui_names():
 
 
 def test_mixed_storage_dtypes_are_cast_per_tensor():
-    stored = {entry.name: entry.dtype for entry in l2p_core.inspect_checkpoint(OFFICIAL_1K).layout.tensors["layers.1.feed_forward.w1.weight"].parts}
+    stored = {
+        entry.name: entry.dtype
+        for entry in l2p_core.inspect_checkpoint(OFFICIAL_1K).layout.tensors["layers.1.feed_forward.w1.weight"].parts
+    }
     assert stored == {"layers.1.feed_forward.w1.weight": "F32"}
     model = l2p_core.load_model(OFFICIAL_1K, dtype=torch.bfloat16)
     assert {parameter.dtype for parameter in model.parameters()} == {torch.bfloat16}
@@ -93,10 +96,16 @@ def test_config_comes_from_shapes_not_file_name(tmp_path):
     assert config.decoder.depth == 4
 
 
-@pytest.mark.parametrize(("with_index", "given"), [(True, "first"), (True, "last"), (True, "index"), (False, "first"), (False, "last")])
+@pytest.mark.parametrize(
+    ("with_index", "given"), [(True, "first"), (True, "last"), (True, "index"), (False, "first"), (False, "last")]
+)
 def test_sharded_sets_load_from_any_member(tmp_path, official_state, with_index, given):
     shards = synthetic.save_sharded(official_state, tmp_path, "diffusion_pytorch_model", 3, index=with_index)
-    path = {"first": shards[0], "last": shards[-1], "index": tmp_path / "diffusion_pytorch_model.safetensors.index.json"}[given]
+    path = {
+        "first": shards[0],
+        "last": shards[-1],
+        "index": tmp_path / "diffusion_pytorch_model.safetensors.index.json",
+    }[given]
     assert_same_weights(l2p_core.load_model(path), l2p_core.load_model(OFFICIAL_1K))
 
 
@@ -127,7 +136,11 @@ def test_tensor_in_two_shards_is_rejected(tmp_path, official_state, no_tensor_re
 
 def zimage_backbone(official_state) -> dict[str, torch.Tensor]:
     """The tiny checkpoint's backbone without the L2P-specific parts."""
-    return {name: tensor for name, tensor in official_state.items() if not name.startswith(("local_decoder.", "all_x_embedder."))}
+    return {
+        name: tensor
+        for name, tensor in official_state.items()
+        if not name.startswith(("local_decoder.", "all_x_embedder."))
+    }
 
 
 def test_latent_zimage_checkpoint_is_rejected(tmp_path, official_state, no_tensor_reads):
@@ -135,7 +148,10 @@ def test_latent_zimage_checkpoint_is_rejected(tmp_path, official_state, no_tenso
     state["all_x_embedder.2-1.weight"] = torch.zeros(128, 64)
     state["all_x_embedder.2-1.bias"] = torch.zeros(128)
     state["all_final_layer.2-1.linear.weight"] = torch.zeros(64, 128)
-    with pytest.raises(l2p_core.CheckpointError, match=r"latent Z-Image checkpoint \(it has a final layer.*Load Diffusion Model.*model-1k-merge"):
+    with pytest.raises(
+        l2p_core.CheckpointError,
+        match=r"latent Z-Image checkpoint \(it has a final layer.*Load Diffusion Model.*model-1k-merge",
+    ):
         l2p_core.load_model(save(tmp_path, state, "z_image_turbo_bf16.safetensors"))
 
 
@@ -151,7 +167,10 @@ def test_zeta_chroma_pixel_variant_is_rejected(tmp_path, official_state, no_tens
     ("keys", "message"),
     [
         ({"double_blocks.0.img_attn.qkv.weight": (8, 4)}, "FLUX-family"),
-        ({"model.layers.0.self_attn.q_proj.weight": (8, 4), "model.embed_tokens.weight": (16, 4)}, "text encoder.*models/text_encoders"),
+        (
+            {"model.layers.0.self_attn.q_proj.weight": (8, 4), "model.embed_tokens.weight": (16, 4)},
+            "text encoder.*models/text_encoders",
+        ),
         ({"decoder.conv_in.weight": (4, 4, 3, 3)}, "a VAE"),
         ({"diffusion_model.layers.0.attention.qkv.lora_A.weight": (4, 8)}, "a LoRA"),
         ({"foo.bar": (2,)}, r"none of the Z-Image backbone keys .* First keys in the file: foo\.bar"),
@@ -167,7 +186,10 @@ def test_other_architectures_are_named(tmp_path, keys, message, no_tensor_reads)
     ("removed", "message"),
     [
         ("local_decoder.dec2.0.weight", r"missing 'local_decoder\.dec2\.0\.weight'.*never run with random weights"),
-        ("local_decoder.dec2.0.bias", r"missing 1 L2P weight\(s\): local_decoder\.dec2\.0\.bias.*never run with random weights"),
+        (
+            "local_decoder.dec2.0.bias",
+            r"missing 1 L2P weight\(s\): local_decoder\.dec2\.0\.bias.*never run with random weights",
+        ),
     ],
 )
 def test_missing_decoder_weight_is_named(tmp_path, official_state, removed, message, no_tensor_reads):
@@ -192,14 +214,19 @@ def test_missing_whole_decoder_is_rejected(tmp_path, official_state, no_tensor_r
 def test_misshapen_decoder_weight_is_named(tmp_path, official_state, no_tensor_reads):
     state = dict(official_state)
     state["local_decoder.out_conv.weight"] = torch.zeros(3, 32, 1, 1, dtype=torch.bfloat16)
-    with pytest.raises(l2p_core.CheckpointError, match=r"'local_decoder\.out_conv\.weight' is \[3, 32, 1, 1\], expected \[3, 64, 1, 1\]"):
+    with pytest.raises(
+        l2p_core.CheckpointError,
+        match=r"'local_decoder\.out_conv\.weight' is \[3, 32, 1, 1\], expected \[3, 64, 1, 1\]",
+    ):
         l2p_core.load_model(save(tmp_path, state))
 
 
 def test_unexpected_tensor_is_rejected(tmp_path, official_state, no_tensor_reads):
     state = dict(official_state)
     state["local_decoder.extra.0.weight"] = torch.zeros(3)
-    with pytest.raises(l2p_core.CheckpointError, match=r"1 tensor\(s\) that L2P does not use: local_decoder\.extra\.0\.weight"):
+    with pytest.raises(
+        l2p_core.CheckpointError, match=r"1 tensor\(s\) that L2P does not use: local_decoder\.extra\.0\.weight"
+    ):
         l2p_core.load_model(save(tmp_path, state))
 
 
@@ -217,7 +244,9 @@ def test_quantised_repack_is_rejected(tmp_path, official_state, no_tensor_reads)
         l2p_core.load_model(save(tmp_path, state))
 
 
-@pytest.mark.parametrize(("patch", "variant"), [(64, "HR 4K"), (128, "HR 8K"), (160, "HR 10K"), (32, "L2P variant with 32-px patches")])
+@pytest.mark.parametrize(
+    ("patch", "variant"), [(64, "HR 4K"), (128, "HR 8K"), (160, "HR 10K"), (32, "L2P variant with 32-px patches")]
+)
 def test_hr_checkpoints_are_named(tmp_path, official_state, patch, variant, no_tensor_reads):
     state = dict(official_state)
     del state["all_x_embedder.16-1.weight"], state["all_x_embedder.16-1.bias"]
@@ -274,7 +303,9 @@ def test_pickle_files_are_never_unpickled(tmp_path, suffix, no_tensor_reads):
     marker = tmp_path / "unpickled"
     path = tmp_path / f"model{suffix}"
     path.write_bytes(pickle.dumps(Exploit(marker)))
-    with pytest.raises(l2p_core.CheckpointError, match=rf"pickle checkpoint \('{suffix}'\).*never unpickled.*safetensors"):
+    with pytest.raises(
+        l2p_core.CheckpointError, match=rf"pickle checkpoint \('{suffix}'\).*never unpickled.*safetensors"
+    ):
         l2p_core.load_model(path)
     assert not marker.exists()
 

@@ -164,7 +164,11 @@ def test_bfloat16_forward_close_to_reference(forward_reference):
     model = l2p_core.load_model(OFFICIAL_1K, dtype=torch.bfloat16)
     for case in CASES:
         with torch.no_grad():
-            velocity = model(forward_reference[f"{case}.x"], forward_reference[f"{case}.sigma"], [forward_reference[f"{case}.cap_feats"]])
+            velocity = model(
+                forward_reference[f"{case}.x"],
+                forward_reference[f"{case}.sigma"],
+                [forward_reference[f"{case}.cap_feats"]],
+            )
         expected = forward_reference[f"{case}.velocity"]
         relative = ((velocity.float() - expected).norm() / expected.norm()).item()
         assert relative <= 3e-2, f"case {case}: relative L2 error {relative:.4f}"

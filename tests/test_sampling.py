@@ -48,7 +48,9 @@ def test_img2img_start_applies_shift_after_strength():
     assert math.isclose(sigmas[0].item(), 0.8181818, rel_tol=1e-6)
 
 
-@pytest.mark.parametrize("bad", [{"steps": 0}, {"steps": 4, "denoise": 0.0}, {"steps": 4, "denoise": 1.5}, {"steps": 4, "shift": 0.0}])
+@pytest.mark.parametrize(
+    "bad", [{"steps": 0}, {"steps": 4, "denoise": 0.0}, {"steps": 4, "denoise": 1.5}, {"steps": 4, "shift": 0.0}]
+)
 def test_schedule_rejects_invalid_settings(bad):
     with pytest.raises(ValueError):
         l2p_core.flow_sigmas(**bad)
@@ -128,7 +130,9 @@ def test_cancel_check_stops_within_one_step(model):
         return len(checks) > 2
 
     with pytest.raises(l2p_core.SamplingCancelled, match="before step 3 of 5"):
-        l2p_core.sample(counter, captions(5, 1), captions(3, 2), width=32, height=32, seed=0, steps=5, cancel_check=cancel_after_two)
+        l2p_core.sample(
+            counter, captions(5, 1), captions(3, 2), width=32, height=32, seed=0, steps=5, cancel_check=cancel_after_two
+        )
     assert counter.calls == 4
 
 
@@ -159,7 +163,9 @@ def test_sample_rejects_invalid_requests(model, settings, message):
 
 def test_wrong_caption_width_names_both_sizes(model):
     with pytest.raises(ValueError, match="4096 wide but this model takes 32-wide"):
-        l2p_core.sample(model, captions(5, 1, width=4096), captions(3, 2, width=4096), width=32, height=32, seed=0, steps=1)
+        l2p_core.sample(
+            model, captions(5, 1, width=4096), captions(3, 2, width=4096), width=32, height=32, seed=0, steps=1
+        )
 
 
 def test_network_accepts_injected_operations(tiny_checkpoint):
@@ -170,7 +176,9 @@ def test_network_accepts_injected_operations(tiny_checkpoint):
             super().__init__(*args, **kwargs)
             created.append(self)
 
-    operations = type("Operations", (), {"Linear": CountingLinear, "Conv2d": torch.nn.Conv2d, "RMSNorm": torch.nn.RMSNorm})
+    operations = type(
+        "Operations", (), {"Linear": CountingLinear, "Conv2d": torch.nn.Conv2d, "RMSNorm": torch.nn.RMSNorm}
+    )
     model = l2p_core.load_model(tiny_checkpoint, operations=operations)
     config = model.config
     blocks = 2 * config.n_refiner_layers + config.n_layers
