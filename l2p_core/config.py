@@ -7,11 +7,13 @@ released models share: the RoPE split of a head across its three axes (head_dim 
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
 from .errors import CheckpointError
 from .layouts import CheckpointLayout
+from .variants import VARIANTS
 
 ROPE_THETA = 256.0
 TIME_SCALE = 1000.0
@@ -105,7 +107,17 @@ class L2PConfig:
 
     @property
     def variant(self) -> str:
-        return {16: "1K", 64: "HR 4K", 128: "HR 8K", 160: "HR 10K"}.get(self.patch_size, f"patch {self.patch_size}")
+        variant = VARIANTS.get(self.patch_size)
+        return variant.name if variant else f"patch {self.patch_size}"
+
+    @property
+    def size_multiple(self) -> int:
+        """Pixel multiple that image sides need: whole patches, and whole pooled cells in the decoder.
+
+        16 for 1K, 64 for 4K, 128 for 8K and 320 for 10K, whose decoder pools to 1/64 and
+        resizes the 1/160 token grid to that.
+        """
+        return math.lcm(self.patch_size, self.decoder.downscale)
 
 
 def rope_axes_for_head(head_dim: int) -> tuple[int, int, int]:
@@ -154,11 +166,15 @@ def config_from_checkpoint(layout: CheckpointLayout) -> L2PConfig:
             raise
         raise CheckpointError(f"'{path}' has inconsistent L2P tensor shapes: {error}.") from error
 
-    if config.decoder.downscale != config.patch_size:
+    variant = VARIANTS[config.patch_size]
+    found = tuple(level.name for level in config.decoder.levels)
+    if found != variant.decoder_levels:
+        expected = ", ".join(f"enc{name}" for name in variant.decoder_levels)
         raise CheckpointError(
-            f"'{path}' has a {config.decoder.depth}-level local decoder, which pools images to "
-            f"1/{config.decoder.downscale}, but its {config.patch_size}-px patches need the "
-            "bottleneck on the token grid. Local-decoder levels are missing: download the file again."
+            f"'{path}' is the L2P {variant.name} variant (patch size {config.patch_size}), whose local "
+            f"decoder has the levels {expected}, but the file has "
+            f"{', '.join(f'enc{name}' for name in found)}. Local-decoder weights are missing or "
+            "belong to another variant: download the file again."
         )
 
     context_refiners = _count_blocks(layout, "context_refiner")

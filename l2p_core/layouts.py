@@ -22,6 +22,7 @@ from pathlib import Path
 
 from .errors import CheckpointError, UnsupportedCheckpointError
 from .safetensors_files import FLOAT_DTYPES, TensorEntry
+from .variants import VARIANTS
 
 # Prefixes that wrap a diffusion model's own keys in the files users have.
 KNOWN_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "model.", "pipe.dit.", "dit.")
@@ -64,10 +65,6 @@ OTHER_FAMILIES = (
 
 L2P_DOWNLOAD_HINT = "For L2P, use model-1k-merge.safetensors from huggingface.co/zhen-nan/L2P."
 
-# Patch size -> name of the released L2P variant.
-L2P_VARIANTS = {16: "1K", 64: "HR 4K", 128: "HR 8K", 160: "HR 10K"}
-SUPPORTED_PATCH_SIZES = frozenset({16})
-
 
 @dataclass(frozen=True)
 class CanonicalSource:
@@ -106,7 +103,7 @@ def identify_checkpoint(path: Path, entries: dict[str, TensorEntry]) -> Checkpoi
     """Recognise an L2P checkpoint in any supported layout and map it to canonical names.
 
     Raises CheckpointError naming what the file looks like when it is not an L2P model,
-    and UnsupportedCheckpointError for L2P variants this version does not run.
+    and UnsupportedCheckpointError for a patch size no released L2P variant uses.
     """
     if not entries:
         raise CheckpointError(f"'{path}' contains no tensors. Download the file again.")
@@ -122,13 +119,12 @@ def identify_checkpoint(path: Path, entries: dict[str, TensorEntry]) -> Checkpoi
     _reject_quantised(path, tensors)
 
     patch_size = _patch_size(path, tensors)
-    variant = L2P_VARIANTS.get(patch_size)
-    if patch_size not in SUPPORTED_PATCH_SIZES:
-        name = f"the L2P {variant} variant" if variant else f"an L2P variant with {patch_size}-px patches"
+    if patch_size not in VARIANTS:
+        known = ", ".join(f"{variant.patch_size} ({variant.name})" for variant in VARIANTS.values())
         raise UnsupportedCheckpointError(
-            f"'{path}' is {name} (patch size {patch_size}, read from x_embedder). This version "
-            "of ComfyUI-L2P runs the 1K model (patch size 16) only; use model-1k-merge.safetensors "
-            "until the HR variants are supported."
+            f"'{path}' is an L2P variant with {patch_size}-px patches (read from x_embedder), "
+            f"which no released L2P model uses. Supported patch sizes: {known}. Use one of the "
+            "released checkpoints."
         )
     return CheckpointLayout(path, layout, prefix, patch_size, tensors)
 

@@ -155,10 +155,11 @@ class L2PTransformer(nn.Module):
         if x.ndim != 4 or x.shape[1] != config.in_channels:
             raise ValueError(f"L2P expects an image batch [B, {config.in_channels}, H, W]; got shape {list(x.shape)}.")
         batch, _, height, width = x.shape
-        if height % config.patch_size or width % config.patch_size or height == 0 or width == 0:
+        multiple = config.size_multiple
+        if height % multiple or width % multiple or height == 0 or width == 0:
             raise ValueError(
-                f"Image size {width}×{height} is not a multiple of the model's {config.patch_size}-px patch; "
-                f"use sizes that are multiples of {config.patch_size}."
+                f"Image size {width}×{height} is not a multiple of {multiple} px, which the L2P "
+                f"{config.variant} model needs; use sizes that are multiples of {multiple}."
             )
 
         if isinstance(context, torch.Tensor) or len(context) != batch:

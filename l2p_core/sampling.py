@@ -106,7 +106,7 @@ def sample(
     noised to that level first.
     """
     config = model.config
-    _check_size(width, height, config.patch_size)
+    _check_size(width, height, config.size_multiple, config.variant)
     if not math.isfinite(cfg) or cfg < 0:
         raise ValueError(f"cfg must be a finite number ≥ 0; got {cfg}.")
     if denoise < 1.0 and init_image is None:
@@ -135,12 +135,14 @@ def sample(
     return x.clamp(-1.0, 1.0)
 
 
-def _check_size(width: int, height: int, patch: int) -> None:
-    if width <= 0 or height <= 0 or width % patch or height % patch:
+def _check_size(width: int, height: int, multiple: int, variant: str) -> None:
+    if width <= 0 or height <= 0 or width % multiple or height % multiple:
+        suggestion = (
+            f"{max(multiple, round(width / multiple) * multiple)}×{max(multiple, round(height / multiple) * multiple)}"
+        )
         raise ValueError(
-            f"Image size {width}×{height} is not a positive multiple of the model's {patch}-px patch; "
-            f"use multiples of {patch} (for example {max(patch, round(width / patch) * patch)}×"
-            f"{max(patch, round(height / patch) * patch)})."
+            f"Image size {width}×{height} is not a positive multiple of {multiple} px, which the L2P "
+            f"{variant} model needs; use multiples of {multiple} (for example {suggestion})."
         )
 
 

@@ -15,35 +15,61 @@ import torch
 from safetensors.torch import save_file
 
 from .config import DecoderConfig, DecoderLevel, L2PConfig, expected_shapes, rope_axes_for_head
+from .variants import VARIANTS
 
 COMFYUI_PREFIX = "model.diffusion_model."
 
 
+# Small encoder widths per variant, one per non-wrapper decoder level, outermost first.
+TINY_DECODER_CHANNELS = {
+    16: (8, 16, 16, 32),
+    64: (4, 4, 8, 8, 16, 16),
+    128: (4, 4, 8, 8, 16, 16),
+    160: (4, 4, 8, 8, 16),
+}
+
+
 def tiny_config(
     *,
+    patch_size: int = 16,
     dim: int = 64,
     n_heads: int = 2,
     n_layers: int = 2,
     n_refiner_layers: int = 1,
     cap_feat_dim: int = 32,
-    decoder_channels: tuple[int, int, int, int] = (8, 16, 16, 32),
+    decoder_channels: tuple[int, ...] | None = None,
 ) -> L2PConfig:
-    """Return a small 1K-architecture configuration (patch 16, 4-level decoder)."""
+    """Return a small configuration of the variant with this patch size (16, 64, 128 or 160).
+
+    The decoder has the variant's levels with narrow channels. It follows the released
+    channel pattern: wrapper levels (8K, 10K) keep 3 channels, each level's dec conv narrows
+    to the next-outer level's encoder width, and the 10K bottleneck is twice as wide as its
+    innermost encoder, like the released 512 after 256.
+    """
+    names = VARIANTS[patch_size].decoder_levels
+    channels = iter(decoder_channels or TINY_DECODER_CHANNELS[patch_size])
+    enc_out = [3 if name.startswith("_") else next(channels) for name in names]
+    bottleneck_out = 2 * enc_out[-1] if patch_size == 160 else enc_out[-1]
+
     levels = []
-    up_in = decoder_channels[-1]
-    enc_in = [3, *decoder_channels[:-1]]
-    # Walk inwards-out as the decoder runs upwards: each level's up-conv keeps its input width
-    # and the level's dec conv reduces to the next-outer level's encoder width.
-    dec_out = [decoder_channels[0], *decoder_channels[:-1]]
-    for index in reversed(range(4)):
-        levels.append(
-            DecoderLevel(str(index + 1), enc_in[index], decoder_channels[index], up_in, up_in, dec_out[index])
-        )
-        up_in = dec_out[index]
+    up_in = bottleneck_out
+    for index in reversed(range(len(names))):
+        wrapper = names[index].startswith("_")
+        up_out = enc_out[index] if index == len(names) - 1 else up_in
+        if wrapper:
+            dec_out = up_out
+        elif index > 0 and not names[index - 1].startswith("_"):
+            dec_out = enc_out[index - 1]
+        else:
+            dec_out = enc_out[index]
+        enc_in = 3 if index == 0 else enc_out[index - 1]
+        levels.append(DecoderLevel(names[index], enc_in, enc_out[index], up_in, up_out, dec_out))
+        up_in = dec_out
     levels.reverse()
+
     head_dim = dim // n_heads
     return L2PConfig(
-        patch_size=16,
+        patch_size=patch_size,
         in_channels=3,
         dim=dim,
         n_heads=n_heads,
@@ -54,7 +80,7 @@ def tiny_config(
         adaln_dim=min(dim, 256),
         t_embed_hidden=1024,
         t_freq_dim=256,
-        decoder=DecoderConfig(tuple(levels), decoder_channels[-1], 3),
+        decoder=DecoderConfig(tuple(levels), bottleneck_out, 3),
         axes_dims=rope_axes_for_head(head_dim),
     )
 

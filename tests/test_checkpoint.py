@@ -201,7 +201,9 @@ def test_missing_decoder_weight_is_named(tmp_path, official_state, removed, mess
 
 def test_missing_decoder_level_is_rejected(tmp_path, official_state, no_tensor_reads):
     state = {name: tensor for name, tensor in official_state.items() if not name.startswith("local_decoder.enc4.")}
-    with pytest.raises(l2p_core.CheckpointError, match="3-level local decoder.*levels are missing"):
+    with pytest.raises(
+        l2p_core.CheckpointError, match="levels enc1, enc2, enc3, enc4, but the file has enc1, enc2, enc3"
+    ):
         l2p_core.load_model(save(tmp_path, state))
 
 
@@ -244,16 +246,27 @@ def test_quantised_repack_is_rejected(tmp_path, official_state, no_tensor_reads)
         l2p_core.load_model(save(tmp_path, state))
 
 
-@pytest.mark.parametrize(
-    ("patch", "variant"), [(64, "HR 4K"), (128, "HR 8K"), (160, "HR 10K"), (32, "L2P variant with 32-px patches")]
-)
-def test_hr_checkpoints_are_named(tmp_path, official_state, patch, variant, no_tensor_reads):
-    state = dict(official_state)
+def replace_patch_embedder(state: dict[str, torch.Tensor], patch: int) -> dict[str, torch.Tensor]:
+    state = dict(state)
     del state["all_x_embedder.16-1.weight"], state["all_x_embedder.16-1.bias"]
     state[f"all_x_embedder.{patch}-1.weight"] = torch.zeros(128, 3 * patch * patch, dtype=torch.bfloat16)
     state[f"all_x_embedder.{patch}-1.bias"] = torch.zeros(128, dtype=torch.bfloat16)
-    with pytest.raises(l2p_core.UnsupportedCheckpointError, match=rf"{variant}.*patch size {patch}.*1K model"):
-        l2p_core.load_model(save(tmp_path, state))
+    return state
+
+
+def test_unreleased_patch_size_is_rejected(tmp_path, official_state, no_tensor_reads):
+    with pytest.raises(l2p_core.UnsupportedCheckpointError, match=r"32-px patches .*16 \(1K\), 64 \(HR 4K\)"):
+        l2p_core.load_model(save(tmp_path, replace_patch_embedder(official_state, 32)))
+
+
+@pytest.mark.parametrize(
+    ("patch", "variant", "levels"), [(64, "HR 4K", "enc0, enc0b, enc1"), (160, "HR 10K", "enc_10k_a, enc0")]
+)
+def test_decoder_of_other_variant_is_rejected(tmp_path, official_state, patch, variant, levels, no_tensor_reads):
+    # An HR patch embedder with the 1K decoder: the file mixes two variants.
+    message = rf"{variant} variant \(patch size {patch}\).*levels {levels}.*file has enc1, enc2"
+    with pytest.raises(l2p_core.CheckpointError, match=message):
+        l2p_core.load_model(save(tmp_path, replace_patch_embedder(official_state, patch)))
 
 
 def test_truncated_file_is_rejected(tmp_path, no_tensor_reads):

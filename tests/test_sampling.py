@@ -149,7 +149,7 @@ def test_nan_state_names_step_and_dtype(model):
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"width": 40, "height": 32}, "not a positive multiple of the model's 16-px patch"),
+        ({"width": 40, "height": 32}, "not a positive multiple of 16 px, which the L2P 1K model needs"),
         ({"width": 32, "height": 0}, "not a positive multiple"),
         ({"width": 32, "height": 32, "denoise": 0.5}, "needs an init_image"),
         ({"width": 32, "height": 32, "cfg": float("nan")}, "cfg must be a finite number"),
