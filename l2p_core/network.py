@@ -12,6 +12,11 @@ from .config import L2PConfig
 from .decoder import LocalDecoder
 from .layers import TORCH_OPERATIONS, TimestepEmbedder, TransformerBlock
 from .rope import RotaryTables
+from .tiling import decode_tiled
+
+# Images with a side above this many pixels run the local decoder in tiles by default; see
+# `L2PTransformer.decoder_tile_px`.
+DEFAULT_DECODER_TILE_PX = 1024
 
 
 class L2PTransformer(nn.Module):
@@ -23,7 +28,9 @@ class L2PTransformer(nn.Module):
     noisy image into the local decoder, whose output x₀ − ε is negated.
 
     `dtype` is the compute dtype (parameters are created in it); `operations` supplies the
-    Linear/Conv2d/RMSNorm classes (default `torch.nn`).
+    Linear/Conv2d/RMSNorm classes (default `torch.nn`). `decoder_tile_px` bounds the local
+    decoder's activation memory: larger images are decoded in tiles of that size with a halo
+    covering the decoder's receptive field (None decodes in one piece).
     """
 
     def __init__(self, config: L2PConfig, *, dtype: torch.dtype | None = None, device=None, operations=None) -> None:
@@ -54,6 +61,7 @@ class L2PTransformer(nn.Module):
         self.context_refiner = blocks(config.n_refiner_layers, modulated=False)
         self.layers = blocks(config.n_layers, modulated=True)
         self.local_decoder = LocalDecoder(config.decoder, dim, operations=operations, **factory)
+        self.decoder_tile_px: int | None = DEFAULT_DECODER_TILE_PX
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, context: Sequence[torch.Tensor]) -> torch.Tensor:
         """Return the velocity for x [B, C, H, W], sigma [B] and B caption-feature tensors [L_i, cap_feat_dim]."""
@@ -89,7 +97,13 @@ class L2PTransformer(nn.Module):
             joint = block(joint, joint_rope, joint_mask, adaln)
 
         features = rearrange(joint[:, : rows * cols], "b (h w) d -> b d h w", h=rows, w=cols)
-        decoded = self.local_decoder(image, features)
+        if self.decoder_tile_px is not None and max(height, width) > self.decoder_tile_px:
+            decoded = decode_tiled(
+                self.local_decoder, image, features,
+                tile_px=self.decoder_tile_px, align_px=config.size_multiple, token_px=config.patch_size,
+            )  # fmt: skip
+        else:
+            decoded = self.local_decoder(image, features)
         return (-decoded).to(x.dtype)
 
     def _embed_image(self, image: torch.Tensor) -> torch.Tensor:
