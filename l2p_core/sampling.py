@@ -96,6 +96,7 @@ def sample(
     callback: StepCallback | None = None,
     batch_size: int | None = None,
     cancel_check: Callable[[], bool] | None = None,
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Generate images [B, 3, height, width] in [-1, 1] (float32, clamped) on the model's device.
 
@@ -104,6 +105,10 @@ def sample(
     `positive` and `init_image`. With `init_image` [B or 1, 3, H, W] in [-1, 1] and
     `denoise` < 1 this is img2img: the σ grid starts at shift(denoise) and the image is
     noised to that level first.
+
+    `device` is where the image state lives and the network runs; None means the device of
+    the model's first parameter. A host that keeps weights offloaded and streams them to the
+    compute device per layer (ComfyUI's low-VRAM and dynamic loading) passes its device here.
     """
     config = model.config
     _check_size(width, height, config.size_multiple, config.variant)
@@ -119,7 +124,7 @@ def sample(
     negative = _broadcast(negative, batch, "negative") if cfg != 1.0 else positive
 
     parameter = next(model.parameters())
-    device = parameter.device
+    device = parameter.device if device is None else torch.device(device)
     noise = draw_noise(seed, (batch, config.in_channels, height, width)).to(device)
     sigmas = flow_sigmas(steps, shift=shift, denoise=denoise if init_image is not None else 1.0).to(device)
 

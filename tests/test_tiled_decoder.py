@@ -98,7 +98,10 @@ def test_tiled_activation_size_follows_tile_not_image():
     for size in (1024, 2048):
         image, features = decoder_inputs(model, size)
         peaks[size] = largest_activation(
-            model, lambda: decode_tiled(model.local_decoder, image, features, tile_px=256, align_px=16, token_px=16)
+            model,
+            lambda image=image, features=features: decode_tiled(
+                model.local_decoder, image, features, tile_px=256, align_px=16, token_px=16
+            ),
         )
     untiled = largest_activation(model, lambda: model.local_decoder(*decoder_inputs(model, 1024)))
     assert peaks[1024] == peaks[2048]
