@@ -63,8 +63,19 @@ class L2PTransformer(nn.Module):
         self.local_decoder = LocalDecoder(config.decoder, dim, operations=operations, **factory)
         self.decoder_tile_px: int | None = DEFAULT_DECODER_TILE_PX
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, context: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Return the velocity for x [B, C, H, W], sigma [B] and B caption-feature tensors [L_i, cap_feat_dim]."""
+    def forward(
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        context: Sequence[torch.Tensor],
+        *,
+        token_offsets: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Return the velocity for x [B, C, H, W], sigma [B] and B caption-feature tensors [L_i, cap_feat_dim].
+
+        `token_offsets` [B, 2] shifts each image's (row, column) RoPE positions, so a tile of
+        a larger canvas can sit at its place in the canvas; None starts every image at (0, 0).
+        """
         sigma = self._check_inputs(x, sigma, context)
         config = self.config
         dtype = self.compute_dtype
@@ -81,7 +92,7 @@ class L2PTransformer(nn.Module):
         image_tokens = self._embed_image(image)
         caption_tokens, caption_lengths = self._embed_captions(context, dtype)
         image_rope, caption_rope, joint_rope = self._positions(
-            batch, rows, cols, caption_tokens.shape[1], caption_lengths, x.device
+            batch, rows, cols, caption_tokens.shape[1], caption_lengths, token_offsets, x.device
         )
         caption_mask, joint_mask = self._masks(
             image_tokens.shape[1], caption_tokens.shape[1], caption_lengths, x.device
@@ -129,7 +140,14 @@ class L2PTransformer(nn.Module):
         return stacked, lengths
 
     def _positions(
-        self, batch: int, rows: int, cols: int, caption_len: int, caption_lengths: list[int], device: torch.device
+        self,
+        batch: int,
+        rows: int,
+        cols: int,
+        caption_len: int,
+        caption_lengths: list[int],
+        token_offsets: torch.Tensor | None,
+        device: torch.device,
     ) -> tuple[RotaryTables, RotaryTables, RotaryTables]:
         """Build the RoPE tables of the image, caption and joint sequences.
 
@@ -146,6 +164,9 @@ class L2PTransformer(nn.Module):
         image_positions[:, : rows * cols, 0] = torch.tensor(caption_lengths)[:, None] + 1
         image_positions[:, : rows * cols, 1] = grid_rows.flatten()
         image_positions[:, : rows * cols, 2] = grid_cols.flatten()
+        if token_offsets is not None:
+            offsets = torch.as_tensor(token_offsets, dtype=torch.int64).cpu().reshape(batch, 1, 2)
+            image_positions[:, : rows * cols, 1:] += offsets
 
         def tables(positions: torch.Tensor) -> RotaryTables:
             return RotaryTables.from_positions(positions, config.axes_dims, config.rope_theta, device)

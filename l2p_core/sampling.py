@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from .errors import SamplingCancelled, SamplingError
+from .patch_tiling import PatchTiler
 from .schedule import flow_sigmas
+
+logger = logging.getLogger(__name__)
+
+# Tiled text-to-image resamples its upscaled guide from this strength (σ ≈ 0.875 at shift 3):
+# enough to redraw detail at full resolution while the guide fixes the layout.
+DEFAULT_GUIDE_DENOISE = 0.7
 
 # callback(step, total, x0): called after step `step` (1-based) of `total` with that step's
 # estimate of the clean image x₀ [B, C, H, W] in [-1, 1] (not clamped).
@@ -97,6 +106,11 @@ def sample(
     batch_size: int | None = None,
     cancel_check: Callable[[], bool] | None = None,
     device: torch.device | str | None = None,
+    tile_size: int | None = None,
+    tile_overlap: int | None = None,
+    tile_batch_size: int = 1,
+    tile_guide_denoise: float = DEFAULT_GUIDE_DENOISE,
+    tile_progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Generate images [B, 3, height, width] in [-1, 1] (float32, clamped) on the model's device.
 
@@ -109,6 +123,15 @@ def sample(
     `device` is where the image state lives and the network runs; None means the device of
     the model's first parameter. A host that keeps weights offloaded and streams them to the
     compute device per layer (ComfyUI's low-VRAM and dynamic loading) passes its device here.
+
+    `tile_size` (px, None: untiled) runs the network on overlapping tiles of that size,
+    `tile_overlap` px apart (default a quarter of the tile), `tile_batch_size` tiles per
+    call, and blends their velocities (see `patch_tiling`). A canvas no larger than one
+    tile gives exactly the untiled result. Tiled text-to-image first generates a guide at
+    about one tile's area with the canvas's aspect ratio, upscales it, and samples the
+    canvas from it as img2img at `tile_guide_denoise`, so the tiles share one layout
+    instead of each repeating the subject. `tile_progress(done, total)` counts network
+    calls: one per step and branch of the guide, one per tile, step and branch after it.
     """
     config = model.config
     _check_size(width, height, config.size_multiple, config.variant)
@@ -125,6 +148,25 @@ def sample(
 
     parameter = next(model.parameters())
     device = parameter.device if device is None else torch.device(device)
+    network = model
+    if tile_size is not None:
+        overlap = default_tile_overlap(tile_size, config.size_multiple) if tile_overlap is None else tile_overlap
+        network = PatchTiler(
+            model, tile_px=tile_size, overlap_px=overlap, batch_size=tile_batch_size, cancel_check=cancel_check
+        )
+        tiles = len(network.tiles_for(height, width))
+        passes = 1 if cfg == 1.0 else 2
+        guide_calls = steps * passes if tiles > 1 and init_image is None else 0
+        counter = _ProgressCounter(guide_calls + tiles * steps * passes, tile_progress)
+        network.progress = counter.advance
+
+        if guide_calls:
+            init_image = _guide_image(
+                _CountingModel(model, counter), positive, negative, width, height, seed, steps, cfg, shift,
+                tile_size, callback, cancel_check, device,
+            )  # fmt: skip
+            denoise = tile_guide_denoise
+
     noise = draw_noise(seed, (batch, config.in_channels, height, width)).to(device)
     sigmas = flow_sigmas(steps, shift=shift, denoise=denoise if init_image is not None else 1.0).to(device)
 
@@ -135,9 +177,64 @@ def sample(
         x = (1 - sigmas[0]) * clean + sigmas[0] * noise
 
     with torch.inference_mode():
-        velocity = guided_velocity(model, positive, negative, cfg)
+        velocity = guided_velocity(network, positive, negative, cfg)
         x = euler(velocity, x, sigmas, callback=callback, cancel_check=cancel_check, model_dtype=parameter.dtype)
     return x.clamp(-1.0, 1.0)
+
+
+def default_tile_overlap(tile_px: int, multiple: int) -> int:
+    """Return a quarter of the tile, on the model's grid: 256 px for 1024-px tiles.
+
+    That is four times the local decoder's receptive radius (60 px at 1K), so each tile's
+    border pixels, which see zero padding instead of their neighbours, carry little weight.
+    """
+    return max(multiple, tile_px // 4 // multiple * multiple)
+
+
+def _guide_image(
+    model, positive, negative, width, height, seed, steps, cfg, shift, tile_size, callback, cancel_check, device
+) -> torch.Tensor:
+    """Generate the canvas's layout at about one tile's area, then upscale it to the canvas (bicubic)."""
+    multiple = model.config.size_multiple
+    scale = min(1.0, tile_size / math.sqrt(width * height))
+    guide_width = max(multiple, int(width * scale) // multiple * multiple)
+    guide_height = max(multiple, int(height * scale) // multiple * multiple)
+    guide = sample(
+        model, positive, negative, width=guide_width, height=guide_height, seed=seed, steps=steps, cfg=cfg,
+        shift=shift, callback=callback, batch_size=len(positive), cancel_check=cancel_check, device=device,
+    )  # fmt: skip
+    logger.info("Tiled sampling: guide generated at %d×%d for a %d×%d canvas", guide_width, guide_height, width, height)
+    upscaled = F.interpolate(guide, size=(height, width), mode="bicubic", align_corners=False)
+    return upscaled.clamp(-1.0, 1.0)
+
+
+class _ProgressCounter:
+    def __init__(self, total: int, report: Callable[[int, int], None] | None) -> None:
+        self.done = 0
+        self.total = total
+        self.report = report
+
+    def advance(self, count: int = 1) -> None:
+        self.done += count
+        if self.report is not None:
+            self.report(self.done, self.total)
+
+
+class _CountingModel:
+    """The network, reporting one progress unit per call (for the guide pass)."""
+
+    def __init__(self, model, counter: _ProgressCounter) -> None:
+        self.model = model
+        self.config = model.config
+        self.counter = counter
+
+    def parameters(self):
+        return self.model.parameters()
+
+    def __call__(self, x, sigma, context):
+        velocity = self.model(x, sigma, context)
+        self.counter.advance()
+        return velocity
 
 
 def _check_size(width: int, height: int, multiple: int, variant: str) -> None:

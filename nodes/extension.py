@@ -1,0 +1,14 @@
+"""The pack's ComfyUI extension: the list of nodes it registers."""
+
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from .latent import L2PEmptyImage
+from .loader import L2PModelLoader
+from .sampler import L2PPixelSampler
+
+
+class L2PExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return [L2PModelLoader, L2PPixelSampler, L2PEmptyImage]
