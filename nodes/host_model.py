@@ -1,0 +1,217 @@
+"""L2P as a native ComfyUI model: latent format, model config, BaseModel, and the loader.
+
+The loader follows the host's own `comfy.sd.load_diffusion_model_state_dict` (dtype choice,
+operations, ModelPatcher, weight loading) but builds the config from l2p_core's reading of
+the file instead of the host's model detection, so nothing global is registered or patched.
+The class names and the `image_model` id differ from the ones a future ComfyUI core with
+built-in L2P would use (`ZImageL2P`, `zimage_l2p`), so both can coexist.
+
+This module imports ComfyUI's model code, so the nodes import it only when they run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import comfy.latent_formats
+import comfy.model_base
+import comfy.model_management
+import comfy.model_patcher
+import comfy.supported_models_base
+import torch
+
+from ..l2p_core import inspect_checkpoint
+from ..l2p_core.tiling import receptive_radius
+from .diffusion_model import L2PDiffusionModel
+from .weights import load_weights
+
+logger = logging.getLogger(__name__)
+
+IMAGE_MODEL_ID = "comfyui_l2p"
+
+# Storage dtype of each `weight_dtype` choice of the L2P Model Loader; "default" lets
+# ComfyUI choose from the device and the file, as the stock loader does.
+WEIGHT_DTYPES = {
+    "default": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+    "fp32": torch.float32,
+    "fp8_e4m3fn": torch.float8_e4m3fn,
+    "fp8_e4m3fn_fast": torch.float8_e4m3fn,
+    "fp8_e5m2": torch.float8_e5m2,
+}
+
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}  # fmt: skip
+
+# Memory estimate of the backbone, per image token. ComfyUI's Z-Image config
+# (comfy/supported_models.py, ZImage, ComfyUI 0.33) sets memory_usage_factor 2.8 over the
+# latent area, and each Z-Image token covers 2×2 latent pixels; L2P runs the same backbone
+# on one token per pixel patch.
+BACKBONE_FACTOR_PER_TOKEN = 4 * 2.8
+
+
+class L2PPixels(comfy.latent_formats.ChromaRadiance):
+    """RGB in [-1, 1] at full resolution: 3 channels, spatial ratio 1, identity preview factors."""
+
+
+class L2PModelConfig(comfy.supported_models_base.BASE):
+    """Model config of an L2P checkpoint; never added to the host's detection list."""
+
+    unet_config = {"image_model": IMAGE_MODEL_ID}
+    # BASE adds UNet head settings here, which the L2P network has no use for.
+    unet_extra_config = {}
+    # Flow matching with shift 3 on σ ∈ [0, 1], as the L2P and Z-Image reference pipelines.
+    sampling_settings = {"multiplier": 1.0, "shift": 3.0}
+    latent_format = L2PPixels
+    supported_inference_dtypes = [torch.bfloat16, torch.float32]
+    memory_usage_factor = 1.0  # unused: L2PModel.memory_required has its own estimate
+
+    def get_model(self, state_dict=None, prefix="", device=None):
+        return L2PModel(self, device=device)
+
+    def set_inference_dtype(self, dtype, manual_cast_dtype, device=None):
+        super().set_inference_dtype(dtype, manual_cast_dtype, device=device)
+        self.unet_config["compute_dtype"] = manual_cast_dtype or dtype
+
+
+class L2PModel(comfy.model_base.Lumina2):
+    """Flow-matching BaseModel whose diffusion_model is the L2P network.
+
+    It derives from Lumina2 for its conditioning handling (caption features, attention
+    mask) and because ComfyUI maps Z-Image LoRA keys for Lumina2 models.
+    """
+
+    def __init__(self, model_config, model_type=comfy.model_base.ModelType.FLOW, device=None):
+        comfy.model_base.BaseModel.__init__(self, model_config, model_type, device=device, unet_model=L2PDiffusionModel)
+        self.memory_usage_factor_conds = ()
+
+    def process_timestep(self, timestep, **kwargs):
+        # The network takes σ. ComfyUI passes σ·multiplier, which is σ with the built-in
+        # sampling (multiplier 1, also after ModelSamplingAuraFlow) but 1000σ after
+        # ModelSamplingSD3.
+        return timestep / self.model_sampling.multiplier
+
+    def memory_required(self, input_shape, cond_shapes=None):
+        """Estimate the activation memory of one forward pass in bytes.
+
+        Backbone: per token, the host's Z-Image estimate (see BACKBONE_FACTOR_PER_TOKEN) in
+        the host's two formulas, with memory-efficient attention or without. Local decoder:
+        the full-resolution tensors alive at its last level (skip, upsampled, concatenation,
+        output), over the image or, above the tile size, over one tile with its halo.
+        """
+        # NOTE: derived from the host's Z-Image factor and the decoder's channel counts, not
+        # measured on a GPU.
+        network = self.diffusion_model
+        config = network.config
+        batch, height, width = input_shape[0], input_shape[-2], input_shape[-1]
+        dtype_bytes = comfy.model_management.dtype_size(self.get_dtype_inference())
+
+        if comfy.model_management.xformers_enabled() or comfy.model_management.pytorch_attention_flash_attention():
+            megabytes_per_unit = 0.01 * dtype_bytes
+        else:
+            megabytes_per_unit = 0.15
+        tokens = (height // config.patch_size) * (width // config.patch_size)
+        backbone = tokens * BACKBONE_FACTOR_PER_TOKEN * megabytes_per_unit * 2**20
+
+        tile = network.decoder_tile_px
+        if tile is not None and max(height, width) > tile:
+            window = tile + 2 * receptive_radius(config.decoder.depth)
+            height, width = min(height, window), min(width, window)
+        outer = config.decoder.levels[0]
+        channels = 2 * (outer.enc_out + outer.up_out) + outer.dec_out
+        decoder = height * width * channels * dtype_bytes
+
+        return batch * (backbone + decoder)
+
+
+def choose_dtypes(weight_dtype: str, parameters: int, file_dtype: torch.dtype | None, load_device):
+    """Return (storage dtype, compute dtype or None) the way ComfyUI's diffusion-model loader does."""
+    if weight_dtype not in WEIGHT_DTYPES:
+        raise ValueError(f"Unknown weight_dtype '{weight_dtype}'; choose one of {', '.join(WEIGHT_DTYPES)}.")
+    supported = L2PModelConfig.supported_inference_dtypes
+    storage = WEIGHT_DTYPES[weight_dtype]
+    if storage is None:
+        storage = comfy.model_management.unet_dtype(
+            model_params=parameters, supported_dtypes=supported, weight_dtype=file_dtype
+        )
+    compute = comfy.model_management.unet_manual_cast(storage, load_device, supported)
+    return storage, compute
+
+
+def load_l2p_patcher(path: str, weight_dtype: str = "default", disable_dynamic: bool = False):
+    """Load an L2P checkpoint as a ModelPatcher over an L2PModel.
+
+    Raises l2p_core's CheckpointError (wrong, truncated or unsupported file) before any
+    weight is read, and ValueError for a weight_dtype that cannot hold the weights.
+    `disable_dynamic` is ComfyUI's switch for a non-dynamic-VRAM copy (see
+    ModelPatcher.cached_patcher_init).
+    """
+    info = inspect_checkpoint(path)
+    config = info.config
+    load_device = comfy.model_management.get_torch_device()
+    offload_device = comfy.model_management.unet_offload_device()
+
+    storage, compute = choose_dtypes(weight_dtype, info.parameter_count, _file_dtype(info), load_device)
+    model_config = L2PModelConfig(
+        {
+            "image_model": IMAGE_MODEL_ID,
+            "l2p_config": config,
+            # Read by ComfyUI's Z-Image LoRA key mapping.
+            "dim": config.dim,
+            "n_layers": config.n_layers,
+            "n_refiner_layers": config.n_refiner_layers,
+        }
+    )
+    model_config.set_inference_dtype(storage, compute, device=load_device)
+    if weight_dtype == "fp8_e4m3fn_fast":
+        model_config.optimizations["fp8"] = True
+
+    model = model_config.get_model()
+    patcher_class = comfy.model_patcher.ModelPatcher if disable_dynamic else comfy.model_patcher.CoreModelPatcher
+    patcher = patcher_class(model, load_device=load_device, offload_device=offload_device)
+    if not comfy.model_management.is_device_cpu(offload_device):
+        model.to(offload_device)
+    load_weights(model.diffusion_model, info, storage, assign=patcher.is_dynamic())
+    patcher.cached_patcher_init = (load_l2p_patcher, (path, weight_dtype))
+
+    logger.info(
+        "L2P %s loaded from %s: %.2fB parameters stored in %s, computed in %s, on %s",
+        config.variant,
+        Path(path).name,
+        info.parameter_count / 1e9,
+        _name(storage),
+        _name(compute or storage),
+        load_device,
+    )
+    return patcher
+
+
+def l2p_network(model) -> L2PDiffusionModel:
+    """Return the L2P network of a MODEL, or raise ValueError if it is another kind of model."""
+    base_model = getattr(model, "model", None)
+    network = getattr(base_model, "diffusion_model", None)
+    if not isinstance(network, L2PDiffusionModel):
+        kind = type(base_model).__name__ if base_model is not None else type(model).__name__
+        raise ValueError(
+            f"The L2P Pixel Sampler needs a model from the L2P Model Loader; this one is {kind}. "
+            "Sample other models with KSampler."
+        )
+    return network
+
+
+def _file_dtype(info) -> torch.dtype | None:
+    """Return the dtype that holds most of the checkpoint's values, the host's hint for "default"."""
+    counts: dict[str, int] = {}
+    for source in info.layout.tensors.values():
+        for part in source.parts:
+            counts[part.dtype] = counts.get(part.dtype, 0) + math.prod(part.shape)
+    return SAFETENSORS_DTYPES.get(max(counts, key=counts.get)) if counts else None
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
