@@ -86,16 +86,16 @@ class ComfyClient:
         """Queue a graph, wait for it and return its history entry."""
         return self.wait_for_history(self.queue_prompt(prompt, extra_data=extra_data), timeout)
 
-    def output_images(self, entry: dict) -> list[bytes]:
-        """Download every image that the prompt's output nodes saved."""
-        images = []
+    def output_files(self, entry: dict, kind: str = "images") -> list[bytes]:
+        """Download every file of `kind` ("images", "latents") that the prompt's output nodes saved."""
+        files = []
         for output in entry.get("outputs", {}).values():
-            for image in output.get("images", []):
+            for saved in output.get(kind, []):
                 query = urllib.parse.urlencode(
-                    {"filename": image["filename"], "subfolder": image["subfolder"], "type": image["type"]}
+                    {"filename": saved["filename"], "subfolder": saved["subfolder"], "type": saved["type"]}
                 )
-                images.append(self.get_bytes(f"/view?{query}"))
-        return images
+                files.append(self.get_bytes(f"/view?{query}"))
+        return files
 
     def interrupt(self) -> None:
         self.post_json("/interrupt", {})

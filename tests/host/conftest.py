@@ -42,6 +42,7 @@ NARROW_CAPTION_FILE = "tiny-l2p-caption-64.safetensors"
 NOT_L2P_FILE = "not-l2p-flux.safetensors"
 TRUNCATED_FILE = "truncated-l2p.safetensors"
 TEXT_ENCODER_FILE = "qwen_3_4b.safetensors"
+LORA_FILE = "tiny-l2p-lora.safetensors"
 
 
 @dataclass
@@ -94,6 +95,21 @@ def write_test_models(diffusion_models: Path) -> None:
     (diffusion_models / TRUNCATED_FILE).write_bytes(complete[: len(complete) // 2])
 
 
+def write_test_lora(loras: Path) -> None:
+    """Write a rank-4 LoRA on the tiny model's first joint block, in ComfyUI's key format."""
+    import torch
+
+    dim = synthetic.tiny_config().dim
+    generator = torch.Generator().manual_seed(0)
+    target = "diffusion_model.layers.0.attention.qkv"
+    lora = {
+        f"{target}.lora_up.weight": torch.randn(3 * dim, 4, generator=generator),
+        f"{target}.lora_down.weight": torch.randn(4, dim, generator=generator),
+    }
+    loras.mkdir(parents=True, exist_ok=True)
+    save_file(lora, str(loras / LORA_FILE))
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -111,6 +127,7 @@ def host(tmp_path_factory) -> Host:
     (base / "custom_nodes" / PACK_FOLDER_NAME).symlink_to(REPOSITORY, target_is_directory=True)
     extra_models = base / "extra-models"
     write_test_models(extra_models / "diffusion_models")
+    write_test_lora(base / "models" / "loras")
     config = base / "extra_model_paths.yaml"
     config.write_text(
         "l2p_test_models:\n"

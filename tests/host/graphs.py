@@ -45,6 +45,15 @@ def pixel_sampler_graph(
     return graph
 
 
+def save_latent_of_image(graph: dict, image: list, prefix: str) -> dict:
+    """Add VAE Encode (pixel_space) of an IMAGE output and Save Latent, to read the pixels as floats."""
+    graph = dict(graph)
+    graph["40"] = {"class_type": "VAELoader", "inputs": {"vae_name": "pixel_space"}}
+    graph["41"] = {"class_type": "VAEEncode", "inputs": {"pixels": image, "vae": ["40", 0]}}
+    graph["42"] = {"class_type": "SaveLatent", "inputs": {"samples": ["41", 0], "filename_prefix": prefix}}
+    return graph
+
+
 def _stock_base(model_file: str | None = None) -> dict:
     """Return the twin's encoder and loader nodes, without the Pixel Sampler and its SaveImage."""
     graph = {
@@ -105,7 +114,8 @@ def recipe_graph(*, width: int, height: int, sigmas: str, seed: int = 42, cfg: f
     """Return the documented stock-node recipe that reproduces the L2P Pixel Sampler.
 
     L2P Empty Image + RandomNoise + CFGGuider + KSamplerSelect(euler) + ManualSigmas (the
-    exact σ grid) → SamplerCustomAdvanced → VAE Decode (pixel_space) → SaveImage.
+    exact σ grid) → SamplerCustomAdvanced → VAE Decode (pixel_space) → SaveImage; the
+    sampled latent is also saved, to compare in float.
     """
     graph = _stock_base()
     graph["10"] = {"class_type": "L2PEmptyImage", "inputs": {"width": width, "height": height, "batch_size": 1}}
@@ -128,6 +138,7 @@ def recipe_graph(*, width: int, height: int, sigmas: str, seed: int = 42, cfg: f
     }
     graph["21"] = {"class_type": "VAEDecode", "inputs": {"samples": ["17", 0], "vae": ["20", 0]}}
     graph["22"] = {"class_type": "SaveImage", "inputs": {"images": ["21", 0], "filename_prefix": "l2p-recipe"}}
+    graph["23"] = {"class_type": "SaveLatent", "inputs": {"samples": ["17", 0], "filename_prefix": "l2p-recipe"}}
     return graph
 
 
