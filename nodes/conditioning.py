@@ -3,7 +3,7 @@
 A CONDITIONING value is a list of entries `[features, options]`: `features` is a
 [B, tokens, width] tensor from the text encoder and `options` a dict. The Qwen3-4B encoder
 of Z-Image (CLIPLoader type `lumina2`) adds an `attention_mask` [B, tokens] when a batch
-has padding; l2p_core wants the padding removed, one [tokens_i, width] tensor per caption.
+has padding. l2p_core takes the captions without padding, one [tokens_i, width] tensor each.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ SAMPLER_OPTIONS = {
 def unpad_captions(features: torch.Tensor, attention_mask: torch.Tensor | None) -> list[torch.Tensor]:
     """Split padded features [B, tokens, width] into B tensors of their real tokens.
 
-    `attention_mask` [B, tokens] marks real tokens with nonzero values; None means that no
+    `attention_mask` [B, tokens] marks real tokens with nonzero values. None means that no
     token is padding.
     """
     if features.ndim != 3:
@@ -58,8 +58,8 @@ def caption_features(conditioning: list, name: str, width: int) -> list[torch.Te
     """Return the caption features of a CONDITIONING input as l2p_core expects them.
 
     `name` ("positive" or "negative") and the model's caption width `width` appear in the
-    errors, which say what to change: the text encoder, the number of entries, or the
-    options that only the stock samplers apply.
+    errors. Each error names what to change: the text encoder, the number of entries, or
+    the options that only the stock samplers apply.
     """
     if not conditioning:
         raise ValueError(f"The {name} conditioning is empty. Connect a CLIP Text Encode node.")

@@ -31,8 +31,8 @@ logger = logging.getLogger(__name__)
 
 IMAGE_MODEL_ID = "comfyui_l2p"
 
-# Storage dtype of each `weight_dtype` choice of the L2P Model Loader; "default" lets
-# ComfyUI choose from the device and the file, as the stock loader does.
+# Storage dtype of each `weight_dtype` choice of the L2P Model Loader. With "default",
+# ComfyUI chooses from the device and the file, as its stock loader does.
 WEIGHT_DTYPES = {
     "default": None,
     "bf16": torch.bfloat16,
@@ -65,7 +65,7 @@ class L2PModelConfig(comfy.supported_models_base.BASE):
     unet_config = {"image_model": IMAGE_MODEL_ID}
     # BASE adds UNet head settings here, which the L2P network has no use for.
     unet_extra_config = {}
-    # Flow matching with shift 3 on σ ∈ [0, 1], as the L2P and Z-Image reference pipelines.
+    # Flow matching with shift 3 on σ ∈ [0, 1], as in the L2P and Z-Image reference pipelines.
     sampling_settings = {"multiplier": 1.0, "shift": 3.0}
     latent_format = L2PPixels
     supported_inference_dtypes = [torch.bfloat16, torch.float32]
@@ -205,7 +205,7 @@ def l2p_network(model) -> L2PDiffusionModel:
 
 
 def _file_dtype(info) -> torch.dtype | None:
-    """Return the dtype that holds most of the checkpoint's values, the host's hint for "default"."""
+    """Return the dtype of most of the checkpoint's values, the host's hint for "default"."""
     counts: dict[str, int] = {}
     for source in info.layout.tensors.values():
         for part in source.parts:

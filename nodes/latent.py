@@ -59,5 +59,5 @@ class L2PEmptyImage(io.ComfyNode):
             device=comfy.model_management.intermediate_device(),
             dtype=comfy.model_management.intermediate_dtype(),
         )
-        # Ratio 1 tells the stock samplers that this latent is already at pixel scale.
+        # Ratio 1 marks the latent as pixel scale, so the stock samplers do not rescale it.
         return io.NodeOutput({"samples": samples, "downscale_ratio_spacial": 1})

@@ -62,7 +62,7 @@ def load_weights(network: nn.Module, info: CheckpointInfo, dtype: torch.dtype, *
                 name.removeprefix(f"{prefix}.") if prefix else name: _cast(name, read(name), dtype) for name in names
             }
             module = network.get_submodule(prefix) if prefix else network
-            # The root's own parameters are only the pad tokens, so its load cannot be strict;
+            # The root's own parameters are only the pad tokens, so its load cannot be strict.
             # l2p_core has already checked that the file has every weight in its exact shape.
             result = module.load_state_dict(state, strict=bool(prefix), assign=assign)
             if result.unexpected_keys:

@@ -114,8 +114,8 @@ def recipe_graph(*, width: int, height: int, sigmas: str, seed: int = 42, cfg: f
     """Return the documented stock-node recipe that reproduces the L2P Pixel Sampler.
 
     L2P Empty Image + RandomNoise + CFGGuider + KSamplerSelect(euler) + ManualSigmas (the
-    exact σ grid) → SamplerCustomAdvanced → VAE Decode (pixel_space) → SaveImage; the
-    sampled latent is also saved, to compare in float.
+    exact σ grid) → SamplerCustomAdvanced → VAE Decode (pixel_space) → SaveImage. The
+    sampled latent is saved as well, for a comparison in float.
     """
     graph = _stock_base()
     graph["10"] = {"class_type": "L2PEmptyImage", "inputs": {"width": width, "height": height, "batch_size": 1}}

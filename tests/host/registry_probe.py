@@ -4,10 +4,10 @@ Run by test_registration.py with ComfyUI's Python, in the checkout:
 
     python registry_probe.py PACK_FOLDER L2P_CHECKPOINT BASE_DIRECTORY
 
-It imports ComfyUI as main.py does (with --cpu and BASE_DIRECTORY as --base-directory, so
-nothing is written into the checkout), records the host's model-detection and
-model lists, loads the pack through ComfyUI's own custom-node loader, loads a checkpoint
-with the L2P Model Loader, and prints a JSON report of every difference.
+It imports ComfyUI as main.py does, with --cpu and BASE_DIRECTORY as --base-directory so
+that nothing is written into the checkout. It records the host's model-detection and model
+lists, loads the pack through ComfyUI's own custom-node loader and a checkpoint with the
+L2P Model Loader, then prints a JSON report of every difference.
 """
 
 from __future__ import annotations

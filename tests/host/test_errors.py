@@ -61,7 +61,8 @@ def test_size_not_multiple_of_patch(host):
     assert "multiples of 16" in error["exception_message"]
 
 
-def test_interrupt_stops_within_one_step_and_next_run_works(host):
+def test_interrupt_stops_within_one_step(host):
+    """/interrupt ends the run before the next step, and the next run works."""
     client_id = uuid.uuid4().hex
     socket = host.client.open_websocket(client_id)
     try:

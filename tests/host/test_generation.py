@@ -67,7 +67,8 @@ def test_pixel_sampler_batch(host):
     assert not np.array_equal(pixels(images[0]), pixels(images[1]))
 
 
-def test_ksampler_with_l2p_empty_image_and_pixel_space_vae(host):
+def test_ksampler_with_pixel_space_vae(host):
+    """L2P Empty Image → KSampler → VAE Decode with the pixel_space VAE."""
     latent = {"class_type": "L2PEmptyImage", "inputs": {"width": WIDTH, "height": HEIGHT, "batch_size": 1}}
     entry = host.client.run(ksampler_graph(latent=latent, steps=3))
     assert png_size(only_png(host, entry)) == (WIDTH, HEIGHT)
