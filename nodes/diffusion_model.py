@@ -39,18 +39,19 @@ class L2PDiffusionModel(L2PTransformer):
         self.dtype = dtype
         self.compute_dtype = compute_dtype or dtype or torch.float32
 
-    def forward(self, x, timesteps, context, attention_mask=None, transformer_options=None, **kwargs):
+    def forward(self, x, timesteps, context, **kwargs):
         if isinstance(context, (list, tuple)):
-            return self._check_finite(super().forward(x, timesteps, context))
+            # l2p_core's convention; its keyword arguments (token_offsets) pass through.
+            return self._check_finite(super().forward(x, timesteps, context, **kwargs))
 
-        transformer_options = transformer_options if transformer_options is not None else {}
+        transformer_options = kwargs.setdefault("transformer_options", {})
         return comfy.patcher_extension.WrapperExecutor.new_class_executor(
             self._forward_padded,
             self,
             comfy.patcher_extension.get_all_wrappers(
                 comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, transformer_options
             ),
-        ).execute(x, timesteps, context, attention_mask, transformer_options=transformer_options, **kwargs)
+        ).execute(x, timesteps, context, **kwargs)
 
     def _forward_padded(
         self,

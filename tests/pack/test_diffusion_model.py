@@ -41,6 +41,17 @@ def test_padded_context_with_mask_equals_caption_list(network):
     torch.testing.assert_close(padded, listed)
 
 
+def test_token_offsets_pass_through(network):
+    """l2p_core's tiled sampler shifts RoPE positions through a keyword argument."""
+    torch.manual_seed(1)
+    x = torch.randn(1, 3, 32, 32)
+    context = [torch.randn(4, network.config.cap_feat_dim)]
+    with torch.inference_mode():
+        plain = network(x, torch.tensor([0.5]), context)
+        shifted = network(x, torch.tensor([0.5]), context, token_offsets=torch.tensor([[0, 3]]))
+    assert not torch.allclose(plain, shifted)
+
+
 def test_control_input_is_rejected(network):
     context = torch.randn(1, 4, network.config.cap_feat_dim)
     with pytest.raises(ValueError, match="ControlNet"):

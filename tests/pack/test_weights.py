@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -33,12 +35,18 @@ def build(core, info, dtype):
     return core.L2PTransformer(info.config, dtype=dtype)
 
 
+HR_4K_FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "tiny-l2p-4k.safetensors"
+
+
 @pytest.mark.parametrize("assign", [False, True])
-def test_streamed_weights_equal_core_loader(core, weights, checkpoint, assign):
-    info = core.inspect_checkpoint(checkpoint)
+@pytest.mark.parametrize("variant", ["1K", "HR 4K"])
+def test_streamed_weights_equal_core_loader(core, weights, checkpoint, assign, variant):
+    path = checkpoint if variant == "1K" else HR_4K_FIXTURE
+    info = core.inspect_checkpoint(path)
+    assert info.config.variant == variant
     network = build(core, info, torch.float32)
     weights.load_weights(network, info, torch.float32, assign=assign)
-    expected = core.load_model(checkpoint, dtype=torch.float32).state_dict()
+    expected = core.load_model(path, dtype=torch.float32).state_dict()
     loaded = network.state_dict()
     assert loaded.keys() == expected.keys()
     assert [name for name in expected if not torch.equal(loaded[name], expected[name])] == []
