@@ -21,6 +21,12 @@ NORM_EPS = 1e-5
 # Both token streams are padded to a multiple of this with learned pad tokens.
 SEQ_MULTIPLE = 32
 
+# Block counts of the released models, by hidden size: (joint blocks, refiner blocks). A
+# file of that size with fewer blocks has lost some, since no release prunes blocks.
+RELEASED_BLOCK_COUNTS = {3840: (30, 2)}
+# Upper bound on block indices, so a damaged key cannot make the loader count to 10¹².
+MAX_BLOCKS = 1000
+
 # Decoder level names from the outermost (full resolution) to the innermost. Each level
 # has `enc{name}.0` (conv3×3 + SiLU, then a 2×2 max-pool) and, on the way up,
 # `up{name}.1` (nearest ×2, conv3×3) and `dec{name}.0` (conv3×3 + SiLU on the skip concat).
@@ -142,8 +148,9 @@ def config_from_checkpoint(layout: CheckpointLayout) -> L2PConfig:
     t_embed_hidden, t_freq_dim = shape.require("t_embedder.mlp.0.weight", ndim=2)
     adaln_dim = shape.require("t_embedder.mlp.2.weight", ndim=2)[0]
     ffn_hidden = shape.require("layers.0.feed_forward.w1.weight", ndim=2)[0]
-    if dim % head_dim:
+    if head_dim == 0 or dim % head_dim:
         raise CheckpointError(f"'{path}': q_norm width {head_dim} does not divide the hidden size {dim}.")
+    _check_decoder_levels(layout)
 
     try:
         config = L2PConfig(
@@ -166,15 +173,12 @@ def config_from_checkpoint(layout: CheckpointLayout) -> L2PConfig:
             raise
         raise CheckpointError(f"'{path}' has inconsistent L2P tensor shapes: {error}.") from error
 
-    variant = VARIANTS[config.patch_size]
-    found = tuple(level.name for level in config.decoder.levels)
-    if found != variant.decoder_levels:
-        expected = ", ".join(f"enc{name}" for name in variant.decoder_levels)
+    released = RELEASED_BLOCK_COUNTS.get(dim)
+    if released is not None and (config.n_layers, config.n_refiner_layers) != released:
         raise CheckpointError(
-            f"'{path}' is the L2P {variant.name} variant (patch size {config.patch_size}), whose local "
-            f"decoder has the levels {expected}, but the file has "
-            f"{', '.join(f'enc{name}' for name in found)}. Local-decoder weights are missing or "
-            "belong to another variant: download the file again."
+            f"'{path}' has {config.n_layers} joint and {config.n_refiner_layers} refiner blocks, but "
+            f"released L2P models of hidden size {dim} have {released[0]} and {released[1]}. "
+            "Blocks are missing: download the file again."
         )
 
     context_refiners = _count_blocks(layout, "context_refiner")
@@ -191,11 +195,31 @@ def _count_blocks(layout: CheckpointLayout, stack: str) -> int:
     indices = {int(match[1]) for name in layout.tensors if (match := pattern.match(name))}
     if not indices:
         raise CheckpointError(f"'{layout.path}' has no '{stack}.*' blocks; the file is incomplete.")
-    count = max(indices) + 1
-    missing = sorted(set(range(count)) - indices)
+    if max(indices) >= MAX_BLOCKS:
+        raise CheckpointError(
+            f"'{layout.path}' has a block '{stack}.{max(indices)}', far beyond any L2P model "
+            f"({MAX_BLOCKS} blocks at most here). The file is damaged or not L2P."
+        )
+    missing = sorted(set(range(max(indices) + 1)) - indices)
     if missing:
-        raise CheckpointError(f"'{layout.path}' is incomplete: blocks {stack}.{missing} are missing.")
-    return count
+        shown = ", ".join(f"{stack}.{index}" for index in missing[:8])
+        more = f" and {len(missing) - 8} more" if len(missing) > 8 else ""
+        raise CheckpointError(f"'{layout.path}' is incomplete: blocks {shown}{more} are missing. Download it again.")
+    return max(indices) + 1
+
+
+def _check_decoder_levels(layout: CheckpointLayout) -> None:
+    """Require the local-decoder levels of the file's variant, before any channel arithmetic."""
+    variant = VARIANTS[layout.patch_size]
+    found = tuple(name for name in DECODER_LEVEL_ORDER if f"local_decoder.enc{name}.0.weight" in layout)
+    if found != variant.decoder_levels:
+        expected = ", ".join(f"enc{name}" for name in variant.decoder_levels)
+        present = ", ".join(f"enc{name}" for name in found) or "none"
+        raise CheckpointError(
+            f"'{layout.path}' is the L2P {variant.name} variant (patch size {layout.patch_size}), whose "
+            f"local decoder has the levels {expected}, but the file has {present}. Local-decoder "
+            "weights are missing or belong to another variant: download the file again."
+        )
 
 
 def _decoder_config(layout: CheckpointLayout, dim: int) -> DecoderConfig:

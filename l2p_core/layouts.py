@@ -130,9 +130,16 @@ def identify_checkpoint(path: Path, entries: dict[str, TensorEntry]) -> Checkpoi
 
 
 def _find_prefix(entries: dict[str, TensorEntry]) -> str:
+    """Return the prefix in front of the Z-Image keys: a known one, else any that fits both telltales."""
     for prefix in ("", *KNOWN_PREFIXES):
-        if any(prefix + telltale in entries for telltale in ZIMAGE_TELLTALES):
+        if all(prefix + telltale in entries for telltale in ZIMAGE_TELLTALES):
             return prefix
+    first, second = ZIMAGE_TELLTALES
+    for name in entries:
+        if name.endswith("." + first):
+            prefix = name[: -len(first)]
+            if prefix + second in entries:
+                return prefix
     return ""
 
 
@@ -175,7 +182,13 @@ def _reject_other_architectures(path: Path, keys: dict[str, TensorEntry]) -> Non
             f"{L2P_DOWNLOAD_HINT}"
         )
 
-    dim = keys["cap_embedder.1.weight"].shape[0]
+    caption_embedder = keys["cap_embedder.1.weight"]
+    if len(caption_embedder.shape) != 2:
+        raise CheckpointError(
+            f"'{path}': 'cap_embedder.1.weight' has shape {list(caption_embedder.shape)}, expected a "
+            "[hidden, caption width] matrix. The file is damaged: download it again."
+        )
+    dim = caption_embedder.shape[0]
     for name in ("all_x_embedder.2-1.weight", "x_embedder.weight"):
         entry = keys.get(name)
         if entry is not None and len(entry.shape) == 2 and entry.shape[1] == 64 and dim > 64:

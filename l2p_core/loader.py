@@ -19,6 +19,9 @@ from .safetensors_files import TensorReader, read_tensor_entries
 
 logger = logging.getLogger(__name__)
 
+# Last name parts of the scale tensors that scaled-quantisation formats store beside weights.
+QUANTISATION_SCALE_NAMES = frozenset({"scale_weight", "weight_scale", "scale_input", "input_scale", "comfy_quant"})
+
 
 @dataclass(frozen=True)
 class CheckpointInfo:
@@ -60,6 +63,10 @@ def load_model(
     resident memory grows by little more than the loaded model. `progress(done, total)` is
     called after each tensor.
     """
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point torch dtype such as torch.bfloat16; got {dtype!r}.")
+    if torch.device(device).type == "meta":
+        raise ValueError("device 'meta' holds no data; load onto 'cpu' or a GPU such as 'cuda'.")
     info = inspect_checkpoint(path)
     config = info.config
 
@@ -98,6 +105,13 @@ def _check_shapes(layout: CheckpointLayout, config: L2PConfig) -> None:
         )
 
     unexpected = sorted(name for name in layout.tensors if name not in expected)
+    scales = [name for name in unexpected if name.rsplit(".", 1)[-1] in QUANTISATION_SCALE_NAMES]
+    if scales:
+        raise CheckpointError(
+            f"'{layout.path}' is a scaled quantised checkpoint (for example fp8 with '{scales[0]}'), "
+            "which this loader does not read: its weights are only correct after rescaling. Use the "
+            "original bf16/fp32 release and pick a low-memory weight dtype when loading."
+        )
     if unexpected:
         raise CheckpointError(
             f"'{layout.path}' has {len(unexpected)} tensor(s) that L2P does not use: {_listing(unexpected)}. "
@@ -112,15 +126,34 @@ def _load_weights(
     dtype: torch.dtype,
     progress: Callable[[int, int], None] | None,
 ) -> None:
-    parameters = list(model.named_parameters())
+    """Read every tensor, then hand them to `load_state_dict(assign=True)`.
+
+    The state dict holds the same tensors the model keeps, so this costs no extra memory,
+    and layer classes from `operations` see their usual `_load_from_state_dict` hooks.
+    """
+    names = list(model.state_dict())
+    foreign = [name for name in names if name not in layout.tensors]
+    if foreign:
+        raise ValueError(
+            f"The network has state that L2P checkpoints do not provide: {_listing(foreign)}. "
+            "The layer classes passed as `operations` must not add parameters or buffers."
+        )
+    state = {}
     with TensorReader() as reader:
-        for done, (name, _) in enumerate(parameters, start=1):
-            tensor = _materialise(reader, layout.tensors[name], device, dtype)
-            module_name, _, attribute = name.rpartition(".")
-            module = model.get_submodule(module_name) if module_name else model
-            module._parameters[attribute] = nn.Parameter(tensor, requires_grad=False)
+        for done, name in enumerate(names, start=1):
+            state[name] = _materialise(reader, layout.tensors[name], device, dtype)
             if progress is not None:
-                progress(done, len(parameters))
+                progress(done, len(names))
+    model.load_state_dict(state, strict=True, assign=True)
+
+    leftover = [name for name, tensor in (*model.named_parameters(), *model.named_buffers()) if tensor.is_meta]
+    if leftover:
+        raise ValueError(
+            f"The network has state that L2P checkpoints do not provide: {_listing(leftover)}. "
+            "The layer classes passed as `operations` must not add parameters or buffers."
+        )
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
 
 
 def _materialise(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 from collections.abc import Callable, Sequence
 
 import torch
@@ -134,9 +135,21 @@ def sample(
     calls: one per step and branch of the guide, one per tile, step and branch after it.
     """
     config = model.config
+    width, height = _whole_number(width, "width"), _whole_number(height, "height")
     _check_size(width, height, config.size_multiple, config.variant)
+    steps, seed = _whole_number(steps, "steps"), _whole_number(seed, "seed")
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1; got {steps}.")
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be in [0, 2^64 - 1]; got {seed}.")
+    if batch_size is not None and (_whole_number(batch_size, "batch_size") < 1):
+        raise ValueError(f"batch_size must be at least 1; got {batch_size}.")
     if not math.isfinite(cfg) or cfg < 0:
         raise ValueError(f"cfg must be a finite number ≥ 0; got {cfg}.")
+    if not math.isfinite(shift) or shift <= 0:
+        raise ValueError(f"shift must be a finite number > 0; got {shift}.")
+    if not 0.0 < denoise <= 1.0:
+        raise ValueError(f"denoise must be in (0, 1]; got {denoise}.")
     if denoise < 1.0 and init_image is None:
         raise ValueError(f"denoise {denoise} < 1 needs an init_image to start from; pass one or use denoise 1.0.")
 
@@ -265,9 +278,32 @@ def _broadcast(captions: list[torch.Tensor], batch: int, name: str) -> list[torc
     raise ValueError(f"{name} conditioning has {len(captions)} entries for a batch of {batch}; pass 1 or {batch}.")
 
 
+def _whole_number(value, name: str) -> int:
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be a whole number; got {value!r}.") from None
+
+
 def _check_init_image(image: torch.Tensor, batch: int, channels: int, width: int, height: int) -> torch.Tensor:
+    if not isinstance(image, torch.Tensor) or not image.is_floating_point():
+        kind = type(image).__name__ if not isinstance(image, torch.Tensor) else f"a {image.dtype} tensor"
+        raise ValueError(
+            f"init_image must be a floating-point torch tensor in [-1, 1]; got {kind}. "
+            "Convert 8-bit pixels with l2p_core.from_uint8."
+        )
+    if image.ndim == 4 and image.shape[-1] == channels and image.shape[1] != channels:
+        raise ValueError(
+            f"init_image has shape {list(image.shape)}, channels last; pass [B, {channels}, H, W] "
+            "(for example image.permute(0, 3, 1, 2)), in [-1, 1]."
+        )
     if image.ndim != 4 or image.shape[1] != channels or image.shape[0] not in (1, batch):
         raise ValueError(f"init_image must have shape [{batch} or 1, {channels}, H, W]; got {list(image.shape)}.")
+    if image.numel() and (image.min() < -1.001 or image.max() > 1.001 or not torch.isfinite(image).all()):
+        raise ValueError(
+            f"init_image values must lie in [-1, 1]; found [{float(image.min()):.3g}, {float(image.max()):.3g}]. "
+            "Scale [0, 1] images with x * 2 - 1 and 8-bit ones with l2p_core.from_uint8."
+        )
     if image.shape[-2:] != (height, width):
         raise ValueError(
             f"init_image is {image.shape[-1]}×{image.shape[-2]} but width×height is {width}×{height}; they must match."

@@ -337,3 +337,151 @@ def test_missing_path_and_folder_are_rejected(tmp_path, no_tensor_reads):
         l2p_core.load_model(tmp_path / "nothing.safetensors")
     with pytest.raises(l2p_core.CheckpointError, match="is a folder"):
         l2p_core.load_model(tmp_path)
+
+
+# --- hostile and damaged files ---------------------------------------------------------------
+
+
+def test_header_length_with_pickle_byte_loads(tmp_path, official_state):
+    # The low byte of the header length is 0x80, the first byte of a pickle stream.
+    for padding in range(300):
+        path = tmp_path / "padded.safetensors"
+        save_file(dict(official_state), str(path), metadata={"pad": "x" * padding})
+        if path.read_bytes()[0] == 0x80:
+            break
+    assert path.read_bytes()[0] == 0x80
+    assert l2p_core.inspect_checkpoint(path).config.dim == 128
+
+
+def rewrite_header(source: Path, target: Path, edit, extra: bytes = b"") -> Path:
+    """Copy a safetensors file with its JSON header changed by `edit(header) -> header or bytes`."""
+    data = source.read_bytes()
+    length = struct.unpack("<Q", data[:8])[0]
+    edited = edit(json.loads(data[8 : 8 + length]))
+    encoded = edited if isinstance(edited, bytes) else json.dumps(edited).encode()
+    target.write_bytes(struct.pack("<Q", len(encoded)) + encoded + data[8 + length :] + extra)
+    return target
+
+
+def first_tensor(header: dict) -> str:
+    return sorted(
+        (name for name in header if name != "__metadata__"), key=lambda name: header[name]["data_offsets"][0]
+    )[0]
+
+
+def with_overlap(header):
+    second = sorted((name for name in header if name != "__metadata__"), key=lambda n: header[n]["data_offsets"][0])[1]
+    header[second]["data_offsets"][0] -= 2
+    header[second]["data_offsets"][1] -= 2
+    return header
+
+
+def with_float_shape(header):
+    header[first_tensor(header)]["shape"] = [float(size) for size in header[first_tensor(header)]["shape"]]
+    return header
+
+
+def with_duplicate_key(header):
+    name = first_tensor(header)
+    encoded = json.dumps(header)
+    entry = json.dumps({name: header[name]})[1:-1]
+    return (encoded[:-1] + ", " + entry + "}").encode()
+
+
+@pytest.mark.parametrize(
+    ("edit", "extra", "message"),
+    [
+        (lambda header: header, bytes(64), "64 bytes after its last tensor"),
+        (with_overlap, b"", "overlaps the tensor before it"),
+        (with_float_shape, b"", "must be non-negative integers"),
+        (with_duplicate_key, b"", "appears twice"),
+        (lambda header: header | {"__metadata__": {"format": 3}}, b"", "'__metadata__' is not a map of strings"),
+    ],
+)
+def test_damaged_headers_are_rejected_before_loading(tmp_path, edit, extra, message, no_tensor_reads):
+    path = rewrite_header(OFFICIAL_1K, tmp_path / "damaged.safetensors", edit, extra)
+    with pytest.raises(l2p_core.CheckpointError, match=message):
+        l2p_core.inspect_checkpoint(path)
+
+
+def test_huge_block_index_is_rejected_quickly(tmp_path, official_state, no_tensor_reads):
+    state = dict(official_state)
+    state["layers.999999999999.ffn_norm1.weight"] = torch.zeros(128)
+    with pytest.raises(l2p_core.CheckpointError, match=r"block 'layers\.999999999999', far beyond any L2P model"):
+        l2p_core.load_model(save(tmp_path, state))
+
+
+def test_missing_blocks_are_listed_briefly(tmp_path, official_state, no_tensor_reads):
+    state = {name: tensor for name, tensor in official_state.items() if not name.startswith("layers.1.")}
+    state["layers.40.ffn_norm1.weight"] = torch.zeros(128)
+    with pytest.raises(l2p_core.CheckpointError, match=r"blocks layers\.1, layers\.3, .* and \d+ more are missing"):
+        l2p_core.load_model(save(tmp_path, state))
+
+
+def test_released_size_with_missing_blocks_is_rejected(monkeypatch, no_tensor_reads):
+    # The tiny model stands in for the released 3840-wide one, which has 30 joint blocks.
+    monkeypatch.setitem(l2p_core.config.RELEASED_BLOCK_COUNTS, 128, (4, 1))
+    with pytest.raises(l2p_core.CheckpointError, match="has 3 joint and 1 refiner blocks, but released L2P models"):
+        l2p_core.inspect_checkpoint(OFFICIAL_1K)
+
+
+@pytest.mark.parametrize(
+    ("replacement", "message"),
+    [
+        ({"layers.0.attention.norm_q.weight": torch.zeros(0)}, "q_norm width 0 does not divide"),
+        ({"cap_embedder.1.weight": torch.tensor(1.0)}, r"'cap_embedder\.1\.weight' has shape \[\], expected"),
+    ],
+)
+def test_degenerate_shapes_are_rejected(tmp_path, official_state, replacement, message, no_tensor_reads):
+    with pytest.raises(l2p_core.CheckpointError, match=message):
+        l2p_core.load_model(save(tmp_path, dict(official_state) | replacement))
+
+
+@pytest.mark.parametrize(("name", "message"), [("../outside.safetensors", "not a file name"), (7, "non-string")])
+def test_index_pointing_elsewhere_is_rejected(tmp_path, official_state, name, message, no_tensor_reads):
+    synthetic.save_sharded(official_state, tmp_path, "model", 2, index=True)
+    index = tmp_path / "model.safetensors.index.json"
+    content = json.loads(index.read_text())
+    content["weight_map"]["x_pad_token"] = name
+    index.write_text(json.dumps(content))
+    with pytest.raises(l2p_core.CheckpointError, match=message):
+        l2p_core.load_model(index)
+
+
+@pytest.mark.parametrize("prefix", ["transformer.", "_orig_mod.", "module.diffusion_model."])
+def test_unknown_prefixes_are_found(tmp_path, official_state, prefix):
+    path = save(tmp_path, {prefix + name: tensor for name, tensor in official_state.items()})
+    assert l2p_core.inspect_checkpoint(path).layout.prefix == prefix
+
+
+def test_scaled_fp8_checkpoint_is_rejected(tmp_path, official_state, no_tensor_reads):
+    state = dict(official_state)
+    state["layers.0.feed_forward.w1.weight"] = official_state["layers.0.feed_forward.w1.weight"].to(torch.float8_e4m3fn)
+    state["layers.0.feed_forward.w1.scale_weight"] = torch.ones(1)
+    with pytest.raises(l2p_core.CheckpointError, match=r"scaled quantised checkpoint .*scale_weight"):
+        l2p_core.load_model(save(tmp_path, state))
+
+
+def test_impossible_shard_name_is_a_single_file(tmp_path):
+    path = shutil.copy(OFFICIAL_1K, tmp_path / "model-00001-of-00000.safetensors")
+    assert l2p_core.inspect_checkpoint(path).config.dim == 128
+
+
+def test_invalid_load_targets_are_rejected():
+    with pytest.raises(ValueError, match="floating-point torch dtype"):
+        l2p_core.load_model(OFFICIAL_1K, dtype=torch.int8)
+    with pytest.raises(ValueError, match="device 'meta' holds no data"):
+        l2p_core.load_model(OFFICIAL_1K, device="meta")
+
+
+def test_operations_adding_state_are_rejected():
+    class LinearWithBuffer(torch.nn.Linear):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.register_buffer("scale", torch.ones(1, device=kwargs.get("device")))
+
+    operations = type(
+        "Operations", (), {"Linear": LinearWithBuffer, "Conv2d": torch.nn.Conv2d, "RMSNorm": torch.nn.RMSNorm}
+    )
+    with pytest.raises(ValueError, match="state that L2P checkpoints do not provide: .*scale"):
+        l2p_core.load_model(OFFICIAL_1K, operations=operations)

@@ -192,3 +192,28 @@ def test_synthetic_config_round_trips_through_loader(tmp_path):
     config = synthetic.tiny_config(dim=96, n_heads=3, n_layers=3, n_refiner_layers=2, cap_feat_dim=48)
     path = synthetic.write_checkpoint(tmp_path / "odd-name-4k.safetensors", config)
     assert l2p_core.load_model(path).config == config
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"denoise": 1.5}, r"denoise must be in \(0, 1\]"),
+        ({"denoise": float("nan")}, r"denoise must be in \(0, 1\]"),
+        ({"batch_size": 0}, "batch_size must be at least 1"),
+        ({"seed": 1.5}, "seed must be a whole number"),
+        ({"seed": 2**64}, r"seed must be in \[0, 2\^64 - 1\]"),
+        ({"steps": 2.5}, "steps must be a whole number"),
+        ({"shift": float("nan")}, "shift must be a finite number"),
+        ({"width": 32.0}, "width must be a whole number"),
+        ({"init_image": torch.zeros(1, 3, 32, 32, dtype=torch.uint8), "denoise": 0.5}, "floating-point torch tensor"),
+        (
+            {"init_image": torch.full((1, 3, 32, 32), 200.0), "denoise": 0.5},
+            r"must lie in \[-1, 1\]; found \[200, 200\]",
+        ),
+        ({"init_image": torch.zeros(1, 32, 32, 3), "denoise": 0.5}, "channels last"),
+    ],
+)
+def test_sample_validates_every_setting(model, settings, message):
+    request = {"width": 32, "height": 32, "seed": 0, "steps": 1} | settings
+    with pytest.raises(ValueError, match=message):
+        l2p_core.sample(model, captions(5, 1), captions(3, 2), **request)
