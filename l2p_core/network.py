@@ -90,7 +90,7 @@ class L2PTransformer(nn.Module):
 
         image = x.to(dtype)
         image_tokens = self._embed_image(image)
-        caption_tokens, caption_lengths = self._embed_captions(context, dtype)
+        caption_tokens, caption_lengths = self._embed_captions(context, dtype, x.device)
         image_rope, caption_rope, joint_rope = self._positions(
             batch, rows, cols, caption_tokens.shape[1], caption_lengths, token_offsets, x.device
         )
@@ -122,16 +122,22 @@ class L2PTransformer(nn.Module):
         patches = rearrange(image, "b c (h ph) (w pw) -> b (h w) (ph pw c)", ph=patch, pw=patch)
         tokens = self.x_embedder(patches)
         pad = -tokens.shape[1] % self.config.seq_multiple
-        pad_tokens = self.x_pad_token.to(tokens.dtype).expand(tokens.shape[0], pad, -1)
+        pad_tokens = self.x_pad_token.to(tokens.device, tokens.dtype).expand(tokens.shape[0], pad, -1)
         return torch.cat([tokens, pad_tokens], dim=1)
 
-    def _embed_captions(self, context: Sequence[torch.Tensor], dtype: torch.dtype) -> tuple[torch.Tensor, list[int]]:
-        """Embed each caption, append its pad tokens, and stack them, zero-padding to the longest."""
+    def _embed_captions(
+        self, context: Sequence[torch.Tensor], dtype: torch.dtype, device: torch.device
+    ) -> tuple[torch.Tensor, list[int]]:
+        """Embed each caption, append its pad tokens, and stack them, zero-padding to the longest.
+
+        Everything moves to the image's device: a host that offloads small modules may keep
+        the pad tokens elsewhere.
+        """
         embedded = []
         for features in context:
-            tokens = self.cap_embedder(features.to(self.x_pad_token.device, dtype))
+            tokens = self.cap_embedder(features.to(device, dtype))
             pad = -tokens.shape[0] % self.config.seq_multiple
-            embedded.append(torch.cat([tokens, self.cap_pad_token.to(tokens.dtype).expand(pad, -1)]))
+            embedded.append(torch.cat([tokens, self.cap_pad_token.to(tokens.device, tokens.dtype).expand(pad, -1)]))
 
         lengths = [len(tokens) for tokens in embedded]
         stacked = embedded[0].new_zeros(len(embedded), max(lengths), self.config.dim)
