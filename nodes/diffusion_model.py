@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import comfy.patcher_extension
 import torch
 
@@ -62,9 +65,13 @@ class L2PDiffusionModel(L2PTransformer):
         control=None,
         ref_latents=None,
         transformer_options=None,
+        token_offsets=None,
         **kwargs,
     ):
-        """Run on ComfyUI's inputs; `timesteps` is σ (see `L2PModel.process_timestep`)."""
+        """Run on ComfyUI's inputs; `timesteps` is σ (see `L2PModel.process_timestep`).
+
+        `token_offsets` comes from the patch-tiling wrapper (see `nodes.tiled_model`).
+        """
         # Other keyword arguments (num_tokens, clip_text_pooled) carry nothing the network uses.
         if control is not None:
             raise ValueError(
@@ -73,7 +80,21 @@ class L2PDiffusionModel(L2PTransformer):
         if ref_latents:
             raise ValueError("L2P takes no reference latents; remove the ReferenceLatent node from the conditioning.")
         captions = unpad_captions(context, attention_mask)
-        return self._check_finite(super().forward(x, timesteps, captions))
+        return self._check_finite(super().forward(x, timesteps, captions, token_offsets=token_offsets))
+
+    @contextmanager
+    def decoder_tiles(self, tile_px: int | None) -> Iterator[None]:
+        """Run the local decoder in tiles of `tile_px` (None: in one piece) within this block.
+
+        The network object is shared by every clone of a MODEL, so a clone's setting
+        applies only while that clone samples and the default comes back afterwards.
+        """
+        previous = self.decoder_tile_px
+        self.decoder_tile_px = tile_px
+        try:
+            yield
+        finally:
+            self.decoder_tile_px = previous
 
     def _check_finite(self, velocity: torch.Tensor) -> torch.Tensor:
         """Stop a float16 run at the first overflow, which would otherwise give a black or noisy image."""
@@ -84,3 +105,16 @@ class L2PDiffusionModel(L2PTransformer):
                 "or default."
             )
         return velocity
+
+
+def l2p_network(model, node: str = "L2P Pixel Sampler") -> L2PDiffusionModel:
+    """Return the L2P network of a MODEL, or raise ValueError naming `node` if it is another kind of model."""
+    base_model = getattr(model, "model", None)
+    network = getattr(base_model, "diffusion_model", None)
+    if not isinstance(network, L2PDiffusionModel):
+        kind = type(base_model).__name__ if base_model is not None else type(model).__name__
+        raise ValueError(
+            f"The {node} needs a model from the L2P Model Loader; this one is {kind}. "
+            "Sample other models with KSampler."
+        )
+    return network

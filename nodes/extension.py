@@ -7,8 +7,9 @@ from comfy_api.latest import ComfyExtension, io
 from .latent import L2PEmptyImage
 from .loader import L2PModelLoader
 from .sampler import L2PPixelSampler
+from .tiling import L2PPatchTiling
 
 
 class L2PExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [L2PModelLoader, L2PPixelSampler, L2PEmptyImage]
+        return [L2PModelLoader, L2PPixelSampler, L2PEmptyImage, L2PPatchTiling]

@@ -23,8 +23,10 @@ import comfy.supported_models_base
 import torch
 
 from ..l2p_core import inspect_checkpoint
-from ..l2p_core.tiling import receptive_radius
 from .diffusion_model import L2PDiffusionModel
+from .memory_estimate import activation_bytes
+from .tiled_model import tiling_for_estimate
+from .tiling_settings import TilingSettings
 from .weights import load_weights
 
 logger = logging.getLogger(__name__)
@@ -47,12 +49,6 @@ SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16,
     "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }  # fmt: skip
-
-# Memory estimate of the backbone, per image token. ComfyUI's Z-Image config
-# (comfy/supported_models.py, ZImage, ComfyUI 0.33) sets memory_usage_factor 2.8 over the
-# latent area, and each Z-Image token covers 2×2 latent pixels; L2P runs the same backbone
-# on one token per pixel patch.
-BACKBONE_FACTOR_PER_TOKEN = 4 * 2.8
 
 
 class L2PPixels(comfy.latent_formats.ChromaRadiance):
@@ -97,36 +93,28 @@ class L2PModel(comfy.model_base.Lumina2):
         return timestep / self.model_sampling.multiplier
 
     def memory_required(self, input_shape, cond_shapes=None):
-        """Estimate the activation memory of one forward pass in bytes.
+        """Estimate the working memory of one forward pass over `input_shape` [B, C, H, W], in bytes.
 
-        Backbone: per token, the host's Z-Image estimate (see BACKBONE_FACTOR_PER_TOKEN) in
-        the host's two formulas, with memory-efficient attention or without. Local decoder:
-        the full-resolution tensors alive at its last level (skip, upsampled, concatenation,
-        output), over the image or, above the tile size, over one tile with its halo.
+        With the L2P Patch Tiling node on the model being sampled, the estimate counts one
+        group of tiles (see `tiled_model.tiling_for_estimate`).
         """
-        # NOTE: derived from the host's Z-Image factor and the decoder's channel counts, not
-        # measured on a GPU.
+        return self.working_memory(input_shape, tiling_for_estimate(getattr(self, "current_patcher", None)))
+
+    def working_memory(self, input_shape, tiling: TilingSettings | None) -> float:
+        """Estimate the working memory, in bytes, in the host's two attention cases (see `memory_estimate`)."""
+        # NOTE: checked against CPU measurements of a mid-size network, not measured on a GPU.
         network = self.diffusion_model
-        config = network.config
-        batch, height, width = input_shape[0], input_shape[-2], input_shape[-1]
-        dtype_bytes = comfy.model_management.dtype_size(self.get_dtype_inference())
-
-        if comfy.model_management.xformers_enabled() or comfy.model_management.pytorch_attention_flash_attention():
-            megabytes_per_unit = 0.01 * dtype_bytes
-        else:
-            megabytes_per_unit = 0.15
-        tokens = (height // config.patch_size) * (width // config.patch_size)
-        backbone = tokens * BACKBONE_FACTOR_PER_TOKEN * megabytes_per_unit * 2**20
-
-        tile = network.decoder_tile_px
-        if tile is not None and max(height, width) > tile:
-            window = tile + 2 * receptive_radius(config.decoder.depth)
-            height, width = min(height, window), min(width, window)
-        outer = config.decoder.levels[0]
-        channels = 2 * (outer.enc_out + outer.up_out) + outer.dec_out
-        decoder = height * width * channels * dtype_bytes
-
-        return batch * (backbone + decoder)
+        efficient_attention = (
+            comfy.model_management.xformers_enabled() or comfy.model_management.pytorch_attention_flash_attention()
+        )
+        return activation_bytes(
+            network.config,
+            input_shape,
+            comfy.model_management.dtype_size(self.get_dtype_inference()),
+            efficient_attention=efficient_attention,
+            decoder_tile_px=network.decoder_tile_px,
+            tiling=tiling,
+        )
 
 
 def choose_dtypes(weight_dtype: str, parameters: int, file_dtype: torch.dtype | None, load_device):
@@ -189,19 +177,6 @@ def load_l2p_patcher(path: str, weight_dtype: str = "default", disable_dynamic: 
         load_device,
     )
     return patcher
-
-
-def l2p_network(model) -> L2PDiffusionModel:
-    """Return the L2P network of a MODEL, or raise ValueError if it is another kind of model."""
-    base_model = getattr(model, "model", None)
-    network = getattr(base_model, "diffusion_model", None)
-    if not isinstance(network, L2PDiffusionModel):
-        kind = type(base_model).__name__ if base_model is not None else type(model).__name__
-        raise ValueError(
-            f"The L2P Pixel Sampler needs a model from the L2P Model Loader; this one is {kind}. "
-            "Sample other models with KSampler."
-        )
-    return network
 
 
 def _file_dtype(info) -> torch.dtype | None:

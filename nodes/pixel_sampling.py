@@ -1,4 +1,4 @@
-"""Run l2p_core's sampler inside ComfyUI: memory management, progress, previews, cancel.
+"""Run l2p_core's sampler inside ComfyUI: memory management, progress, previews, cancel, tiling.
 
 This module imports ComfyUI's model code, so the sampler node imports it only when it runs.
 """
@@ -6,13 +6,20 @@ This module imports ComfyUI's model code, so the sampler node imports it only wh
 from __future__ import annotations
 
 import comfy.model_management
+import comfy.utils
 import latent_preview
 import torch
 from einops import rearrange
 
 from ..l2p_core import SamplingCancelled, sample
 from .conditioning import caption_features
-from .host_model import l2p_network
+from .diffusion_model import l2p_network
+from .memory_estimate import MemoryEstimateError
+from .presets import resolve_steps_and_cfg
+from .tiled_model import HostNetwork, tiling_settings
+from .tiling_settings import TilingSettings, default_tiling
+
+GIB = 2**30
 
 
 def sample_images(
@@ -30,10 +37,12 @@ def sample_images(
 ) -> torch.Tensor:
     """Generate an IMAGE batch [B, height, width, 3] in [0, 1] with the patched weights of `model`.
 
-    The model is loaded through ComfyUI's memory management, so LoRA patches apply and
-    other models are offloaded as needed. Each step updates the progress bar with a preview
-    of its x₀ estimate (if the user's preview setting allows one), and a cancel request
-    stops the run before the next step.
+    `steps` or `cfg` 0 take the model variant's preset. The model is loaded through
+    ComfyUI's memory management, so LoRA patches apply and other models are offloaded as
+    needed. With the L2P Patch Tiling node on the model, the network runs in tiles after a
+    guide pass at one tile's area. Progress and live previews (if the user's preview
+    setting allows them) follow the steps, or tiles × steps when tiled; a cancel request
+    stops the run before the next step or tile batch.
     """
     network = l2p_network(model)
     config = network.config
@@ -46,36 +55,35 @@ def sample_images(
             f"{width}×{height}. Use for example {max(multiple, round(width / multiple) * multiple)}×"
             f"{max(multiple, round(height / multiple) * multiple)}."
         )
+    steps, cfg = resolve_steps_and_cfg(config, steps, cfg)
+    tiling = tiling_settings(model)
 
-    shape = (batch_size, config.in_channels, height, width)
-    memory = model.model.memory_required(shape)
-    comfy.model_management.load_models_gpu([model], memory_required=memory, minimum_memory_required=memory)
     device = model.load_device
-    preview = latent_preview.prepare_callback(model, steps)
-
-    def on_step(step: int, total: int, x0: torch.Tensor) -> None:
-        # The host callback counts steps from 0 and raises InterruptProcessingException
-        # when the user cancels, like KSampler's.
-        preview(step - 1, x0, None, total)
+    shape = (batch_size, config.in_channels, height, width)
+    memory = _check_memory(model, shape, tiling, device)
+    comfy.model_management.load_models_gpu([model], memory_required=memory, minimum_memory_required=memory)
+    progress = _TiledProgress(model) if tiling is not None else _StepProgress(model, steps)
 
     with comfy.model_management.cuda_device_context(device):
         model.pre_run()
         try:
-            images = sample(
-                network,
-                positive_captions,
-                negative_captions,
-                width=width,
-                height=height,
-                seed=seed,
-                steps=steps,
-                cfg=cfg,
-                shift=shift,
-                batch_size=batch_size,
-                callback=on_step,
-                cancel_check=comfy.model_management.processing_interrupted,
-                device=device,
-            )
+            with network.decoder_tiles(tiling.decoder_tile_px if tiling else network.decoder_tile_px):
+                images = sample(
+                    HostNetwork(network),
+                    positive_captions,
+                    negative_captions,
+                    width=width,
+                    height=height,
+                    seed=seed,
+                    steps=steps,
+                    cfg=cfg,
+                    shift=shift,
+                    batch_size=batch_size,
+                    callback=progress.on_step,
+                    cancel_check=comfy.model_management.processing_interrupted,
+                    device=device,
+                    **_tiling_arguments(tiling, progress),
+                )
         except SamplingCancelled:
             # Turn l2p_core's cancel into the host's interrupt, which ends the prompt as cancelled.
             comfy.model_management.throw_exception_if_processing_interrupted()
@@ -87,3 +95,75 @@ def sample_images(
     return pixels.to(
         device=comfy.model_management.intermediate_device(), dtype=comfy.model_management.intermediate_dtype()
     )
+
+
+def _tiling_arguments(tiling: TilingSettings | None, progress) -> dict:
+    if tiling is None:
+        return {}
+    return {
+        "tile_size": tiling.tile_px,
+        "tile_overlap": tiling.overlap_px,
+        "tile_batch_size": tiling.batch_size,
+        "tile_progress": progress.on_tiles,
+    }
+
+
+def _check_memory(model, shape, tiling: TilingSettings | None, device) -> float:
+    """Return the working-memory estimate, or raise MemoryEstimateError if the device cannot hold it.
+
+    Weights can be offloaded and streamed, so only the working memory has to fit.
+    """
+    memory = model.model.working_memory(shape, tiling)
+    total = comfy.model_management.get_total_memory(device)
+    if memory <= total:
+        return memory
+
+    batch, _, height, width = shape
+    request = f"{batch} image(s) of {width}×{height}" + (f" with {tiling.describe()}" if tiling else ", untiled")
+    config = model.model.diffusion_model.config
+    if tiling is None:
+        suggestion = default_tiling(config)
+        advice = (
+            f"Add an L2P Patch Tiling node before the sampler (with {suggestion.describe()} this request "
+            f"needs about {model.model.working_memory(shape, suggestion) / GIB:.1f} GiB), or lower the "
+            "size or batch size."
+        )
+    else:
+        advice = "Lower the tile size or the tile batch size, the image size, or the batch size."
+    raise MemoryEstimateError(
+        f"The L2P Pixel Sampler would need about {memory / GIB:.1f} GiB of working memory for {request}, "
+        f"more than the {total / GIB:.1f} GiB that {device} has in total. {advice}"
+    )
+
+
+class _StepProgress:
+    """Untiled progress: one unit per step, with the step's x₀ estimate as preview."""
+
+    def __init__(self, model, steps: int) -> None:
+        self.preview = latent_preview.prepare_callback(model, steps)
+
+    def on_step(self, step: int, total: int, x0: torch.Tensor) -> None:
+        # The host callback counts steps from 0 and raises InterruptProcessingException
+        # when the user cancels, like KSampler's.
+        self.preview(step - 1, x0, None, total)
+
+
+class _TiledProgress:
+    """Tiled progress: l2p_core's count of network calls (guide steps, then tiles × steps).
+
+    The bar moves after every tile batch, and its update raises InterruptProcessingException
+    when the user cancels. Each step's x₀ estimate (the guide's, then the canvas's) becomes
+    the preview.
+    """
+
+    def __init__(self, model) -> None:
+        self.previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
+        self.bar = comfy.utils.ProgressBar(1)
+
+    def on_tiles(self, done: int, total: int) -> None:
+        self.bar.update_absolute(done, total)
+
+    def on_step(self, step: int, total: int, x0: torch.Tensor) -> None:
+        if self.previewer is not None:
+            preview = self.previewer.decode_latent_to_preview_image("JPEG", x0)
+            self.bar.update_absolute(self.bar.current, self.bar.total, preview)

@@ -18,7 +18,9 @@ class L2PPixelSampler(io.ComfyNode):
             description=(
                 "Generates images with the L2P reference sampler: flow-matching Euler steps on the σ grid "
                 "of the official pipeline, with a separate negative pass for CFG. Shows each step's image "
-                "estimate as a live preview. Returns the images directly; no VAE Decode is needed."
+                "estimate as a live preview. Returns the images directly; no VAE Decode is needed. With the "
+                "L2P Patch Tiling node on the model it generates a guide at one tile's area first, then "
+                "refines the full canvas tile by tile."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The model from the L2P Model Loader."),
@@ -65,21 +67,24 @@ class L2PPixelSampler(io.ComfyNode):
                 ),
                 io.Int.Input(
                     "steps",
-                    default=30,
-                    min=1,
+                    default=0,
+                    min=0,
                     max=1000,
-                    tooltip="Number of Euler steps. 30 for the 1K model, 50 for the HR models.",
+                    tooltip=(
+                        "Number of Euler steps. 0 (auto) uses the model's preset: 30 for the 1K model, 50 for "
+                        "the HR 4K, 8K and 10K models."
+                    ),
                 ),
                 io.Float.Input(
                     "cfg",
-                    default=2.0,
+                    default=0.0,
                     min=0.0,
                     max=100.0,
                     step=0.1,
                     round=0.01,
                     tooltip=(
-                        "Classifier-free guidance scale. 2.0 for the 1K model, 4.0 for the HR models; "
-                        "1 skips the negative pass."
+                        "Classifier-free guidance scale; 1 skips the negative pass. 0 (auto) uses the model's "
+                        "preset: 2.0 for the 1K model, 4.0 for the HR models."
                     ),
                 ),
                 io.Float.Input(
@@ -88,7 +93,11 @@ class L2PPixelSampler(io.ComfyNode):
                     min=0.01,
                     max=100.0,
                     step=0.01,
-                    tooltip="Time shift of the σ schedule, σ = shift·t / (1 + (shift − 1)·t). The L2P models use 3.",
+                    tooltip=(
+                        "Time shift of the σ schedule, σ = shift·t / (1 + (shift − 1)·t). The official 1K and HR "
+                        "pipelines use 3; the L2P paper (arXiv 2605.12013) reports that a larger shift helps "
+                        "global structure at 4K."
+                    ),
                 ),
             ],
             outputs=[io.Image.Output(tooltip="The generated images.")],

@@ -1,6 +1,12 @@
-"""Stand-in for comfy.model_management: CPU devices and no interrupt."""
+"""Stand-in for comfy.model_management: CPU devices, an interrupt flag, and the host's OOM test."""
 
 import torch
+
+interrupt_processing = False
+
+
+class InterruptProcessingException(BaseException):
+    pass
 
 
 def intermediate_device() -> torch.device:
@@ -12,4 +18,18 @@ def intermediate_dtype() -> torch.dtype:
 
 
 def processing_interrupted() -> bool:
-    return False
+    return interrupt_processing
+
+
+def throw_exception_if_processing_interrupted() -> None:
+    global interrupt_processing
+    if interrupt_processing:
+        interrupt_processing = False
+        raise InterruptProcessingException()
+
+
+def is_oom(error: BaseException) -> bool:
+    """Like the host: torch's OOM error, or an accelerator error whose message says out of memory."""
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+    )
