@@ -1,7 +1,7 @@
 """Estimate the working memory of L2P forward passes, untiled or with patch tiling.
 
-ComfyUI asks a model how much memory one forward pass needs besides its weights
-(`BaseModel.memory_required`) and frees or offloads other models to make room. The
+ComfyUI calls a model's `BaseModel.memory_required` for the memory one forward pass needs
+besides its weights, and frees or offloads other models to make room. The
 estimate here follows the host's own formula for Z-Image for the backbone and counts the
 local decoder's full-resolution tensors. With patch tiling, activations follow one tile
 (times the tile batch), and only the canvas-sized buffers of the sampler and the tile
@@ -21,8 +21,8 @@ MIB = 2**20
 # memory_usage_factor 2.8 over the latent area. Each Z-Image token covers 2×2 latent
 # pixels, and L2P runs the same backbone on one token per pixel patch.
 ZIMAGE_FACTOR_PER_TOKEN = 4 * 2.8
-# Hidden width of the Z-Image backbone that factor was set for; narrower networks (the
-# test and benchmark models) scale their estimate by their width over this.
+# Hidden width of the Z-Image backbone that factor was set for. Narrower networks (the
+# test and benchmark models) scale the estimate by their width over this one.
 ZIMAGE_DIM = 3840
 # ComfyUI's BaseModel.memory_required (ComfyUI 0.33): factor × area × dtype bytes × 0.01
 # MiB with memory-efficient attention (xformers, or PyTorch flash attention on GPUs), and
@@ -55,7 +55,7 @@ def forward_bytes(
     """Estimate the peak bytes of one image's forward pass at height×width px.
 
     The backbone's activations are freed before the local decoder runs, so the peak is the
-    larger of the two phases; the token feature map and the image copies live through both.
+    larger of the two phases. The token feature map and the image copies live through both.
     """
     tokens = (height // config.patch_size) * (width // config.patch_size)
     if efficient_attention:
@@ -103,8 +103,8 @@ def activation_bytes(
     """Estimate the working memory, in bytes, of a forward pass over a batch `shape` [B, C, H, W].
 
     Untiled, the pass covers the whole image. With `tiling`, it covers one group of
-    `tiling.batch_size` tiles per image (the tiling's decoder tile replaces
-    `decoder_tile_px`); in both cases the canvas-sized sampling buffers are added.
+    `tiling.batch_size` tiles per image, and the tiling's decoder tile replaces
+    `decoder_tile_px`. The canvas-sized sampling buffers are added in both cases.
     """
     batch, height, width = shape[0], shape[-2], shape[-1]
     canvas = CANVAS_BUFFERS * config.in_channels * height * width * CANVAS_BYTES_PER_VALUE

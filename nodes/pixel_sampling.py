@@ -41,7 +41,7 @@ def sample_images(
     ComfyUI's memory management, so LoRA patches apply and other models are offloaded as
     needed. With the L2P Patch Tiling node on the model, the network runs in tiles after a
     guide pass at one tile's area. Progress and live previews (if the user's preview
-    setting allows them) follow the steps, or tiles × steps when tiled; a cancel request
+    setting allows them) follow the steps, or tiles × steps when tiled. A cancel request
     stops the run before the next step or tile batch.
     """
     network = l2p_network(model)
@@ -62,7 +62,7 @@ def sample_images(
     shape = (batch_size, config.in_channels, height, width)
     memory = _check_memory(model, shape, tiling, device)
     comfy.model_management.load_models_gpu([model], memory_required=memory, minimum_memory_required=memory)
-    progress = _TiledProgress(model) if tiling is not None else _StepProgress(model, steps)
+    progress = _TiledProgress(model) if tiling is not None else _UntiledProgress(model, steps)
 
     with comfy.model_management.cuda_device_context(device):
         model.pre_run()
@@ -136,7 +136,7 @@ def _check_memory(model, shape, tiling: TilingSettings | None, device) -> float:
     )
 
 
-class _StepProgress:
+class _UntiledProgress:
     """Untiled progress: one unit per step, with the step's x₀ estimate as preview."""
 
     def __init__(self, model, steps: int) -> None:

@@ -69,8 +69,8 @@ def tiling_for_estimate(current_patcher) -> TilingSettings | None:
 def raise_oom_as_torch_error(error: Exception) -> None:
     """Re-raise an error that the host counts as out of memory as torch.OutOfMemoryError.
 
-    ComfyUI also counts accelerator errors whose code or message says out of memory
-    (comfy.model_management.is_oom); PatchTiler retries smaller batches on
+    ComfyUI also counts accelerator errors with an out-of-memory code or message
+    (comfy.model_management.is_oom), but PatchTiler retries smaller batches on
     torch.OutOfMemoryError only. Other errors are re-raised unchanged.
     """
     if isinstance(error, torch.OutOfMemoryError) or not comfy.model_management.is_oom(error):
@@ -148,9 +148,9 @@ class TiledMemoryEstimate:
 class _TileCalls:
     """Call the rest of the wrapper chain on a batch of tiles, the way PatchTiler calls a network.
 
-    PatchTiler passes one context entry per window; here each entry is the batch index of
-    the image the window comes from, which selects that image's rows of the context and of
-    every other per-image input (the attention mask).
+    PatchTiler passes one context entry per window. Here each entry is the batch index of
+    the image the window comes from. It selects that image's rows of the context and of
+    every other per-image input, such as the attention mask.
     """
 
     def __init__(self, executor, config, context: torch.Tensor, kwargs: dict) -> None:

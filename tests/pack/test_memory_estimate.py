@@ -1,9 +1,9 @@
 """The working-memory estimate that the model gives ComfyUI, against measured peaks.
 
 The measurements come from `python benchmarks/tiling_memory.py --quick` on a 2-core CPU
-(float32, PyTorch's CPU attention): peak growth of anonymous resident memory while
-sampling one step at cfg 1 with the script's mid-size network, tiles of 1024 px with a
-256-px overlap, and the local decoder alone at 4096². The estimate is checked in both of
+in float32 with PyTorch's CPU attention. They are the peak growth of anonymous resident
+memory while sampling one step at cfg 1 with the script's mid-size network (1024-px
+tiles, 256-px overlap), and while running the local decoder alone at 4096². The estimate is checked in both of
 ComfyUI's cases: memory-efficient attention (GPUs with flash attention or xformers) and
 the other one (the CPU, and GPUs without those kernels), which is several times larger.
 """

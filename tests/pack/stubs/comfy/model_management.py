@@ -29,7 +29,7 @@ def throw_exception_if_processing_interrupted() -> None:
 
 
 def is_oom(error: BaseException) -> bool:
-    """Like the host: torch's OOM error, or an accelerator error whose message says out of memory."""
+    """Like the host: torch's OOM error, or an accelerator error with an out-of-memory message."""
     return isinstance(error, torch.OutOfMemoryError) or (
         isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
     )
