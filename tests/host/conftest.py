@@ -35,9 +35,10 @@ REPOSITORY = Path(__file__).resolve().parents[2]
 PACK_FOLDER_NAME = "ComfyUI-L2P"
 STARTUP_TIMEOUT_S = 300
 
-# File names the tests load. The 1K workflow names the release file, so the tiny test
-# checkpoint takes its name.
+# File names the tests load. The workflows name the release files, so the tiny test
+# checkpoints take their names.
 L2P_FILE = "model-1k-merge.safetensors"
+HR_4K_FILE = "l2p_4k_sft.safetensors"
 NARROW_CAPTION_FILE = "tiny-l2p-caption-64.safetensors"
 NOT_L2P_FILE = "not-l2p-flux.safetensors"
 TRUNCATED_FILE = "truncated-l2p.safetensors"
@@ -79,6 +80,7 @@ def write_test_models(diffusion_models: Path) -> None:
     """Write the tiny L2P checkpoints and the broken files that the tests load."""
     diffusion_models.mkdir(parents=True, exist_ok=True)
     synthetic.write_checkpoint(diffusion_models / L2P_FILE, synthetic.tiny_config(cap_feat_dim=2560))
+    synthetic.write_checkpoint(diffusion_models / HR_4K_FILE, synthetic.tiny_config(patch_size=64, cap_feat_dim=2560))
     synthetic.write_checkpoint(
         diffusion_models / NARROW_CAPTION_FILE, synthetic.tiny_config(cap_feat_dim=64), layout="comfyui"
     )

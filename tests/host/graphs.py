@@ -1,4 +1,4 @@
-"""API-format graphs for the host tests, built on the 1K workflow's API twin.
+"""API-format graphs for the host tests, built on the workflows' API twins.
 
 Every graph keeps the twin's text-encoder nodes (1: CLIPLoader, 2 and 3: CLIP Text Encode)
 and model loader (4) unchanged, so ComfyUI's cache encodes the prompts and loads the
@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 REPOSITORY = Path(__file__).resolve().parents[2]
-TWIN = REPOSITORY / "tests" / "workflows" / "l2p_1k_text_to_image.api.json"
+TWINS = REPOSITORY / "tests" / "workflows"
+TWIN = TWINS / "l2p_1k_text_to_image.api.json"
 
 TEXT_ENCODER, POSITIVE, NEGATIVE, MODEL_LOADER, PIXEL_SAMPLER, SAVE = "1", "2", "3", "4", "5", "6"
 
@@ -30,8 +31,36 @@ def load_converter():
     return module
 
 
-def workflow_twin() -> dict:
-    return json.loads(TWIN.read_text(encoding="utf-8"))
+def workflow_twin(name: str = "l2p_1k_text_to_image") -> dict:
+    """Return the API twin of workflows/<name>.json."""
+    return json.loads((TWINS / f"{name}.api.json").read_text(encoding="utf-8"))
+
+
+def node_of(graph: dict, class_type: str) -> str:
+    """Return the id of the graph's only node of `class_type`."""
+    (key,) = [key for key, node in graph.items() if node["class_type"] == class_type]
+    return key
+
+
+def tiling_node(tile_size: int, tile_overlap: int, tile_batch_size: int = 1, decoder_tile_size: int = 1024) -> dict:
+    """Return an L2P Patch Tiling node without its model input (ksampler_graph's `model_patch`)."""
+    return {
+        "class_type": "L2PPatchTiling",
+        "inputs": {
+            "tile_size": tile_size,
+            "tile_overlap": tile_overlap,
+            "tile_batch_size": tile_batch_size,
+            "decoder_tile_size": decoder_tile_size,
+        },
+    }
+
+
+def with_tiling(graph: dict, sampler: str, tiling: dict) -> dict:
+    """Insert `tiling` (node id "11") between the L2P loader and `sampler`'s model input."""
+    graph = copy.deepcopy(graph)
+    graph["11"] = tiling | {"inputs": tiling["inputs"] | {"model": [MODEL_LOADER, 0]}}
+    graph[sampler]["inputs"]["model"] = ["11", 0]
+    return graph
 
 
 def pixel_sampler_graph(

@@ -28,6 +28,13 @@ WIDGET_NAMES: dict[str, list[str | None]] = {
     "L2PModelLoader": ["model_name", "weight_dtype"],
     "L2PPixelSampler": ["width", "height", "batch_size", "seed", None, "steps", "cfg", "shift"],
     "L2PEmptyImage": ["width", "height", "batch_size"],
+    "L2PPatchTiling": ["tile_size", "tile_overlap", "tile_batch_size", "decoder_tile_size"],
+    "ImageScaleBy": ["upscale_method", "scale_by"],
+    "VAELoader": ["vae_name"],
+    "VAEEncode": [],
+    "VAEDecode": [],
+    "KSampler": ["seed", None, "steps", "cfg", "sampler_name", "scheduler", "denoise"],
+    "PreviewImage": [],
 }
 
 # Frontend-only nodes, which have no backend class and are left out of the API graph.
