@@ -251,3 +251,27 @@ def test_estimate_sees_tiling_of_current_patcher(node, network, tiled_model):
     patched = tile(node, patcher_for(network))
     assert tiled_model.tiling_for_estimate(patched) == tiled_model.tiling_settings(patched)
     assert tiled_model.tiling_for_estimate(patcher_for(network)) is None
+
+
+class RaisingNetwork:
+    """A network stand-in whose every call raises `error`."""
+
+    config = None
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def __call__(self, *args, **kwargs):
+        raise self.error
+
+
+def test_host_network_translates_host_oom(tiled_model):
+    wrapped = tiled_model.HostNetwork(RaisingNetwork(RuntimeError("HIP error: out of memory")))
+    with pytest.raises(torch.OutOfMemoryError, match="HIP error: out of memory"):
+        wrapped(torch.zeros(1), torch.zeros(1), [])
+
+
+def test_host_network_passes_other_errors(tiled_model):
+    wrapped = tiled_model.HostNetwork(RaisingNetwork(ValueError("caption width")))
+    with pytest.raises(ValueError, match="caption width"):
+        wrapped(torch.zeros(1), torch.zeros(1), [])
