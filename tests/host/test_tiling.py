@@ -230,3 +230,26 @@ def test_hr_tile_off_its_grid(host):
     error = error_of(host.client.run(graph))
     assert error["node_id"] == "11"
     assert "tile_size 96 px is not on the 64-px grid of the L2P HR 4K model" in error["exception_message"]
+
+
+def test_tiled_pixel_sampler_sends_previews(host):
+    graph = with_tiling(
+        pixel_sampler_graph(width=160, height=96, steps=2, seed=37), PIXEL_SAMPLER, tiling_node(TILE, OVERLAP)
+    )
+    client_id = uuid.uuid4().hex
+    socket = host.client.open_websocket(client_id)
+    try:
+        prompt_id = host.client.queue_prompt(graph, client_id=client_id, extra_data={"preview_method": "latent2rgb"})
+        previews = 0
+        while True:
+            event = socket.receive(timeout=300)
+            assert event is not None, "no websocket message for 300 s"
+            if event.binary is not None:
+                previews += 1
+            elif event.kind in ("execution_success", "execution_error") and event.data.get("prompt_id") == prompt_id:
+                assert event.kind == "execution_success", event.data
+                break
+    finally:
+        socket.close()
+    # One preview per step of the guide and of the tiled pass.
+    assert previews == 4
