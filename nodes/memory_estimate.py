@@ -33,15 +33,17 @@ OTHER_ATTENTION_MIB = 0.15
 # The decoder's 3×3 convolutions need workspace besides the tensors alive at its
 # outermost level (the skip, the upsampled map, their concatenation and the conv output).
 # benchmarks/tiling_memory.py measured 1.5 (whole 4096² image) to 2.0 (1152-px windows)
-# times those tensors on a 2-core CPU in float32, so the estimate doubles them.
-DECODER_WORKSPACE_FACTOR = 2
+# times those tensors on a 2-core CPU in float32 (docs/benchmarks.md), so the estimate
+# takes 2.5 times them for headroom.
+DECODER_WORKSPACE_FACTOR = 2.5
 # Copies of the image in the network's dtype: the input cast, the decoder output, its
 # negation and the cast back.
 IMAGE_COPIES = 4
-# Float32 canvas-sized buffers alive during sampling: the sampler's state (noise, x, x0,
-# velocity) and, when tiled, the blended velocity and its normalised copy.
-# benchmarks/tiling_memory.py measured peak memory growing by 5.3 such buffers per canvas.
-CANVAS_BUFFERS = 6
+# Float32 canvas-sized buffers alive during sampling: the sampler's state, noise and Euler
+# temporaries and, when tiled, the guide, the blended velocity and its normalised copy.
+# benchmarks/tiling_memory.py measured tiled peak memory growing by 7.8 such buffers per
+# canvas from 4096² to 8192².
+CANVAS_BUFFERS = 8
 CANVAS_BYTES_PER_VALUE = 4
 
 

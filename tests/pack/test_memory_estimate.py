@@ -1,6 +1,6 @@
 """The working-memory estimate that the model gives ComfyUI, against measured peaks.
 
-The measurements come from `python benchmarks/tiling_memory.py --quick` on a 2-core CPU
+The measurements come from `python benchmarks/tiling_memory.py` (docs/benchmarks.md) on a 2-core CPU
 in float32 with PyTorch's CPU attention. They are the peak growth of anonymous resident
 memory while sampling one step at cfg 1 with the script's mid-size network (1024-px
 tiles, 256-px overlap), and while running the local decoder alone at 4096². The estimate is checked in both of
@@ -25,18 +25,19 @@ BENCHMARK_NETWORK = {
 }
 # Peak growth in MiB of l2p_core.sample at each canvas side, tiled and untiled (with the
 # network's default 1024-px decoder tiles).
-MEASURED_TILED_MIB = {2048: 832, 4096: 1600}
-MEASURED_UNTILED_MIB = {2048: 801}
-# Measured growth per canvas between 2048² and 4096², in float32 RGB canvas buffers.
-MEASURED_CANVAS_BUFFERS = 5.3
+MEASURED_TILED_MIB = {2048: 835, 4096: 1555, 8192: 6074}
+MEASURED_UNTILED_MIB = {2048: 813}
+# Measured growth per canvas between 4096² and 8192², in float32 RGB canvas buffers.
+MEASURED_CANVAS_BUFFERS = 7.8
 # The local decoder alone on a 4096² image, whole and in 1024-px tiles. The script's own
 # input image, feature map and output are part of these figures.
-MEASURED_DECODER_MIB = {None: 8293, 1024: 1256}
+MEASURED_DECODER_MIB = {None: 8322, 1024: 1274}
 
-# The estimate must cover each measurement, and may exceed it at most this many times:
-# the host's formula for the other attention case is 0.15 / (0.01 × 4 bytes) = 3.75 times
-# the efficient one in float32.
-MAX_OVERESTIMATE = {True: 2.0, False: 4.0}
+# The estimate must cover each measurement, and may exceed it at most this many times.
+# The headroom in the decoder's workspace and the canvas buffers allows 2.5 times; the
+# host's formula for the other attention case is 0.15 / (0.01 × 4 bytes) = 3.75 times the
+# efficient one in float32.
+MAX_OVERESTIMATE = {True: 2.5, False: 4.0}
 
 
 @pytest.fixture(scope="module")
@@ -107,14 +108,14 @@ def test_decoder_estimate_covers_measurement(estimate, config, decoder_tile_px):
     estimated = estimate.decoder_bytes(config, side, side, 4, decoder_tile_px=decoder_tile_px) / MIB
     measured = MEASURED_DECODER_MIB[decoder_tile_px]
     assert estimated + script_buffers >= measured
-    assert estimated + script_buffers <= 1.5 * measured
+    assert estimated + script_buffers <= MAX_OVERESTIMATE[True] * measured
 
 
 def test_efficient_attention_estimate_is_smaller(estimate, config):
-    """Without tiling the backbone dominates at 2048², where the host's two formulas differ most."""
-    efficient = estimated_mib(estimate, config, 2048, None, True)
-    other = estimated_mib(estimate, config, 2048, None, False)
-    assert other > 1.5 * efficient
+    """Untiled at 4096², the backbone dominates, and there the host's two formulas differ 3.75 times."""
+    efficient = estimated_mib(estimate, config, 4096, None, True)
+    other = estimated_mib(estimate, config, 4096, None, False)
+    assert other > 2 * efficient
 
 
 def test_tile_batch_multiplies_tile_activations(estimate, config, benchmark_tiling, settings):
@@ -126,20 +127,18 @@ def test_tile_batch_multiplies_tile_activations(estimate, config, benchmark_tili
 
 
 def test_full_size_1k_estimate(estimate, pack_module):
-    """The released 1K shapes in bfloat16: a 1024² pass needs a few GiB, a tiled 4096² one stays close."""
+    """The released 1K shapes in bfloat16: a tiled 4096² pass works like one 1024² image plus its canvases."""
     config = pack_module("l2p_core.synthetic").tiny_config(
         dim=3840, n_heads=30, n_layers=1, n_refiner_layers=1, cap_feat_dim=2560, decoder_channels=(64, 128, 256, 512)
     )
     tiling = pack_module("nodes.tiling_settings").default_tiling(config)
 
-    def gib(side, tiling):
-        return (
-            estimate.activation_bytes(
-                config, (1, 3, side, side), 2, efficient_attention=True, decoder_tile_px=1024, tiling=tiling
-            )
-            / 2**30
+    def gib_without_canvas(side, tiling):
+        total = estimate.activation_bytes(
+            config, (1, 3, side, side), 2, efficient_attention=True, decoder_tile_px=1024, tiling=tiling
         )
+        return (total - estimate.CANVAS_BUFFERS * 3 * side * side * 4) / 2**30
 
-    assert 1.0 < gib(1024, None) < 3.0
-    assert gib(4096, tiling) < 2 * gib(1024, None)
-    assert gib(4096, None) > 4 * gib(4096, tiling)
+    assert 1.0 < gib_without_canvas(1024, None) < 3.0
+    assert gib_without_canvas(4096, tiling) == pytest.approx(gib_without_canvas(1024, None))
+    assert gib_without_canvas(4096, None) > 4 * gib_without_canvas(4096, tiling)
