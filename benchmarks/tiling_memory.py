@@ -132,8 +132,8 @@ def main() -> None:
     decoder_whole = measure("decoder", 4096)
     decoder_tiled = measure("decoder_tiled", 4096)
 
-    # Canvas-sized buffers explain the growth between the two largest sizes; what is left
-    # over at each size is the per-tile working set, which should not grow with the canvas.
+    # The growth between the two largest canvases counts the canvas-sized buffers. What is
+    # left at each size is the working set of one network pass, which must not grow.
     large, larger = sizes[-2], sizes[-1]
     buffers = (tiled[larger]["peak_growth_mib"] - tiled[large]["peak_growth_mib"]) / (
         canvas_mib(larger) - canvas_mib(large)

@@ -1,4 +1,4 @@
-"""The released L2P variants, told apart by their pixel patch size."""
+"""The released L2P variants, identified by their pixel patch size."""
 
 from __future__ import annotations
 
