@@ -33,6 +33,7 @@ from .images import to_uint8
 from .loader import inspect_checkpoint, load_model
 from .sampling import sample
 from .text_encoder import load_text_encoder
+from .variants import VARIANTS
 
 logger = logging.getLogger(__name__)
 
@@ -110,10 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Sampling
     add("--seed", type=_seed, default=0, metavar="N", help="Noise seed, 0 to 2^64-1 (default 0).")
-    add("--steps", type=_positive_int, default=30, metavar="N", help="Number of Euler sampling steps (default 30).")
     add(
-        "--cfg", type=_non_negative_float, default=2.0, metavar="SCALE",
-        help="Classifier-free guidance scale. At 1 the negative prompt's pass is skipped (default 2.0).",
+        "--steps", type=_positive_int, default=None, metavar="N",
+        help="Number of Euler sampling steps (default: the model's preset, 30 for 1K and 50 for the HR models).",
+    )  # fmt: skip
+    add(
+        "--cfg", type=_non_negative_float, default=None, metavar="SCALE",
+        help=(
+            "Classifier-free guidance scale. At 1 the negative prompt's pass is skipped "
+            "(default: the model's preset, 2.0 for 1K and 4.0 for the HR models)."
+        ),
     )  # fmt: skip
     add(
         "--shift", type=_positive_float, default=3.0, metavar="SHIFT",
@@ -164,6 +171,9 @@ def generate(args: argparse.Namespace) -> list[Path]:
     # Headers only: a wrong file or size fails here, before anything large is loaded.
     config = inspect_checkpoint(args.model).config
     _check_image_size(args.width, args.height, config.size_multiple, config.variant)
+    preset = VARIANTS[config.patch_size]
+    args.steps = preset.steps if args.steps is None else args.steps
+    args.cfg = preset.cfg if args.cfg is None else args.cfg
 
     encoder = load_text_encoder(
         args.text_encoder, tokenizer_dir=args.tokenizer, device=device, dtype=dtype, cap_feat_dim=config.cap_feat_dim

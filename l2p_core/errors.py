@@ -23,3 +23,9 @@ class SamplingError(L2PError, RuntimeError):
 
 class SamplingCancelled(L2PError):
     """Sampling stopped because the caller's cancel check asked for it."""
+
+
+# ComfyUI imports a node pack under its folder path, so the host would report these types
+# as '/path/to/ComfyUI-L2P.l2p_core.errors.CheckpointError'. A fixed module name reads better.
+for _error_type in (L2PError, CheckpointError, UnsupportedCheckpointError, SamplingError, SamplingCancelled):
+    _error_type.__module__ = "l2p_core.errors"

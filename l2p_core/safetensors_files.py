@@ -87,6 +87,12 @@ def read_header(path: Path) -> dict[str, TensorEntry]:
                 f"'{path.suffix}'. Pickle files are never unpickled here; use the .safetensors "
                 "release of the model."
             )
+        if not plausible and head.startswith(b"version "):
+            raise CheckpointError(
+                f"'{path}' is a Git LFS pointer ({file_size} bytes), not the model: the download "
+                "fetched the pointer only. Download the file itself (`git lfs pull`, or the "
+                "download button on the model page)."
+            )
         if len(head) < 8:
             raise CheckpointError(
                 f"'{path}' is {file_size} bytes long, too short to be a safetensors file. "

@@ -8,7 +8,16 @@ has padding. l2p_core takes the captions without padding, one [tokens_i, width] 
 
 from __future__ import annotations
 
+import logging
+
 import torch
+
+logger = logging.getLogger(__name__)
+
+# The reference pipeline tokenises the templated prompt to at most 512 tokens. Qwen3 is
+# causal, so the first 512 rows of ComfyUI's longer conditioning are exactly the features
+# the reference would compute; keeping only those makes long prompts match it.
+MAX_CAPTION_TOKENS = 512
 
 # Options that change where or when a sampler applies an entry (regions, step ranges,
 # control models, hooks). The L2P Pixel Sampler uses only the text features, so it rejects
@@ -38,7 +47,7 @@ def unpad_captions(features: torch.Tensor, attention_mask: torch.Tensor | None) 
     if features.ndim != 3:
         raise ValueError(f"Text features must have shape [batch, tokens, width]; got {list(features.shape)}.")
     if attention_mask is None:
-        return list(features.unbind(0))
+        return [_truncate(row, index) for index, row in enumerate(features.unbind(0))]
 
     mask = attention_mask.reshape(attention_mask.shape[0], -1).to(features.device) != 0
     if mask.shape != features.shape[:2]:
@@ -50,8 +59,18 @@ def unpad_captions(features: torch.Tensor, attention_mask: torch.Tensor | None) 
     for index, (row, keep) in enumerate(zip(features, mask, strict=True)):
         if not keep.any():
             raise ValueError(f"Caption {index} of the conditioning has no tokens: its attention mask is all zero.")
-        captions.append(row[keep])
+        captions.append(_truncate(row[keep], index))
     return captions
+
+
+def _truncate(caption: torch.Tensor, index: int) -> torch.Tensor:
+    if len(caption) <= MAX_CAPTION_TOKENS:
+        return caption
+    logger.warning(
+        "Caption %d has %d tokens; L2P uses the first %d, as the reference pipeline does.",
+        index, len(caption), MAX_CAPTION_TOKENS,
+    )  # fmt: skip
+    return caption[:MAX_CAPTION_TOKENS]
 
 
 def caption_features(conditioning: list, name: str, width: int) -> list[torch.Tensor]:

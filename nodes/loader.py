@@ -38,7 +38,7 @@ class L2PModelLoader(io.ComfyNode):
                     tooltip=(
                         "Storage type of the weights. default: ComfyUI chooses for the device (bf16 on "
                         "recent GPUs, 12 GB for the 1K model). fp16: same memory as bf16, stopped with an "
-                        "error if values overflow. fp32: exact, 24 GB. fp8_*: 6 GB, computed in bf16 or "
+                        "error if values overflow. fp32: exact, about 25 GB. fp8_*: 6 GB, computed in bf16 or "
                         "fp32; _fast uses fp8 matrix multiplication where the GPU supports it."
                     ),
                 ),

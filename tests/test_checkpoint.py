@@ -286,6 +286,7 @@ def header_bytes(header: dict, data_size: int) -> bytes:
     ("content", "message"),
     [
         (b"\x05\x00", "too short to be a safetensors file"),
+        (b"version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 19600000000\n", "is a Git LFS pointer"),
         (struct.pack("<Q", 10**12) + b"{}", "corrupt or truncated safetensors header"),
         (struct.pack("<Q", 12) + b"{not json!!}", "invalid JSON"),
         (struct.pack("<Q", 2) + b"[]", "not a JSON object"),

@@ -482,3 +482,15 @@ def test_failed_write_keeps_old_file(tmp_path, monkeypatch):
         cli.write_png_atomically(output, np.zeros((16, 16, 3), np.uint8), {"key": "value"})
     assert output.read_bytes() == b"previous image"
     assert leftover_files(tmp_path) == []
+
+
+@pytest.mark.parametrize(("patch", "steps", "cfg"), [(16, 30, 2.0), (64, 50, 4.0)])
+def test_cli_defaults_to_variant_preset(files, tmp_path, patch, steps, cfg):
+    model = synthetic.write_checkpoint(
+        tmp_path / f"l2p-{patch}.safetensors", synthetic.tiny_config(patch_size=patch, cap_feat_dim=HIDDEN)
+    )
+    output = tmp_path / "preset.png"
+    assert cli.main(cli_args(files, output, model=model, width=64, height=64, steps=None)) == 0
+    with Image.open(output) as image:
+        settings = json.loads(image.text[cli.SETTINGS_CHUNK])
+    assert (settings["steps"], settings["cfg"]) == (steps, cfg)

@@ -63,3 +63,14 @@ def test_sampler_only_options_are_rejected(conditioning, options):
 def test_neutral_options_pass(conditioning):
     captions = conditioning.caption_features(entry(strength=1.0, start_percent=0.0, end_percent=1.0), "positive", 2560)
     assert len(captions) == 1
+
+
+def test_long_captions_keep_first_512_tokens(conditioning):
+    # The reference tokenises to 512 tokens; the causal encoder's first 512 rows are the same.
+    features = torch.randn(2, 600, 8)
+    mask = torch.ones(2, 600)
+    mask[1, 300:] = 0
+    captions = conditioning.unpad_captions(features, mask)
+    assert torch.equal(captions[0], features[0, :512])
+    assert torch.equal(captions[1], features[1, :300])
+    assert torch.equal(conditioning.unpad_captions(features, None)[0], features[0, :512])
