@@ -5,9 +5,12 @@ Entry points:
   `model(x, sigma, context)` is the flow velocity ε − x₀ and whose `.config` is an `L2PConfig`.
 - `sample(model, positive, negative, *, width, height, seed, ...)` returns images in [-1, 1].
 - `inspect_checkpoint(path)` identifies a file from its headers alone.
+- `img2img`, `inpaint` and `outpaint` edit images of any size and keep every unmasked
+  pixel of the input exactly (see `l2p_core.editing`).
 """
 
 from .config import DecoderConfig, L2PConfig
+from .editing import img2img, inpaint, outpaint
 from .errors import CheckpointError, L2PError, SamplingCancelled, SamplingError, UnsupportedCheckpointError
 from .images import from_uint8, to_uint8
 from .layers import TORCH_OPERATIONS
@@ -32,8 +35,11 @@ __all__ = [
     "flow_sigmas",
     "from_uint8",
     "guided_velocity",
+    "img2img",
+    "inpaint",
     "inspect_checkpoint",
     "load_model",
+    "outpaint",
     "sample",
     "shift_sigma",
     "to_uint8",

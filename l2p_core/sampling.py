@@ -62,8 +62,12 @@ def euler(
     callback: StepCallback | None = None,
     cancel_check: Callable[[], bool] | None = None,
     model_dtype: torch.dtype | None = None,
+    impose: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Integrate the flow ODE with Euler steps x ← x + v·(σ_next − σ) over `sigmas` (ending in 0).
+
+    `impose(x, σ_next)`, when given, replaces the state after every step (inpainting uses
+    it to re-impose the known pixels at the new noise level).
 
     `cancel_check()` runs before every step; when it returns True, SamplingCancelled is
     raised. A NaN or Inf in the state raises SamplingError naming the step and dtype.
@@ -77,6 +81,8 @@ def euler(
         v = velocity(x, sigma)
         x0 = x - sigma * v
         x = x + v * (sigma_next - sigma)
+        if impose is not None:
+            x = impose(x, sigma_next)
 
         if not torch.isfinite(x).all():
             dtype = str(model_dtype).removeprefix("torch.") if model_dtype is not None else "unknown"
@@ -112,6 +118,7 @@ def sample(
     tile_batch_size: int = 1,
     tile_guide_denoise: float = DEFAULT_GUIDE_DENOISE,
     tile_progress: Callable[[int, int], None] | None = None,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Generate images [B, 3, height, width] in [-1, 1] (float32, clamped) on the model's device.
 
@@ -133,6 +140,13 @@ def sample(
     canvas from it as img2img at `tile_guide_denoise`, so the tiles share one layout
     instead of each repeating the subject. `tile_progress(done, total)` counts network
     calls: one per step and branch of the guide, one per tile, step and branch after it.
+
+    `mask` [B or 1, height, width] in [0, 1] (1 = repaint) needs `init_image` and makes this
+    inpainting. After every step the state becomes mask·x + (1 − mask)·((1 − σ)·init_image + σ·noise)
+    with the starting noise, so the known pixels follow their own noising path. The
+    callback's x₀ takes the known pixels from `init_image`. The returned pixels outside the
+    mask are close to `init_image` but not equal to it; `l2p_core.editing` composites them
+    back exactly.
     """
     config = model.config
     width, height = _whole_number(width, "width"), _whole_number(height, "height")
@@ -152,6 +166,8 @@ def sample(
         raise ValueError(f"denoise must be in (0, 1]; got {denoise}.")
     if denoise < 1.0 and init_image is None:
         raise ValueError(f"denoise {denoise} < 1 needs an init_image to start from; pass one or use denoise 1.0.")
+    if mask is not None and init_image is None:
+        raise ValueError("mask needs an init_image whose unmasked pixels it keeps; pass init_image.")
 
     positive = _caption_list(positive, "positive")
     negative = _caption_list(negative, "negative")
@@ -183,16 +199,54 @@ def sample(
     noise = draw_noise(seed, (batch, config.in_channels, height, width)).to(device)
     sigmas = flow_sigmas(steps, shift=shift, denoise=denoise if init_image is not None else 1.0).to(device)
 
+    impose = None
     if init_image is None:
         x = noise
     else:
         clean = _check_init_image(init_image, batch, config.in_channels, width, height).to(device)
         x = (1 - sigmas[0]) * clean + sigmas[0] * noise
+        if mask is not None:
+            repaint = _check_mask(mask, batch, width, height).to(device)
+            impose = _known_region_imposer(clean, noise, repaint)
+            callback = _composited_preview(callback, clean, repaint)
 
     with torch.inference_mode():
         velocity = guided_velocity(network, positive, negative, cfg)
-        x = euler(velocity, x, sigmas, callback=callback, cancel_check=cancel_check, model_dtype=parameter.dtype)
+        x = euler(
+            velocity, x, sigmas, callback=callback, cancel_check=cancel_check, model_dtype=parameter.dtype,
+            impose=impose,
+        )  # fmt: skip
     return x.clamp(-1.0, 1.0)
+
+
+def _known_region_imposer(clean: torch.Tensor, noise: torch.Tensor, repaint: torch.Tensor):
+    keep = 1 - repaint
+
+    def impose(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        # Where repaint is 1 this is x exactly (1·x + 0·known), so an all-one mask changes nothing.
+        return repaint * x + keep * ((1 - sigma) * clean + sigma * noise)
+
+    return impose
+
+
+def _composited_preview(callback: StepCallback | None, clean: torch.Tensor, repaint: torch.Tensor):
+    if callback is None:
+        return None
+
+    def preview(step: int, total: int, x0: torch.Tensor) -> None:
+        callback(step, total, repaint * x0 + (1 - repaint) * clean)
+
+    return preview
+
+
+def _check_mask(mask: torch.Tensor, batch: int, width: int, height: int) -> torch.Tensor:
+    if not isinstance(mask, torch.Tensor) or not mask.is_floating_point():
+        raise ValueError("mask must be a floating-point torch tensor with values in [0, 1] (1 = repaint).")
+    if mask.ndim != 3 or mask.shape[0] not in (1, batch) or mask.shape[-2:] != (height, width):
+        raise ValueError(f"mask must have shape [{batch} or 1, {height}, {width}]; got {list(mask.shape)}.")
+    if mask.numel() and (not torch.isfinite(mask).all() or mask.min() < 0 or mask.max() > 1):
+        raise ValueError("mask values must be finite and lie in [0, 1] (1 = repaint).")
+    return mask.float().expand(batch, -1, -1)[:, None]
 
 
 def default_tile_overlap(tile_px: int, multiple: int) -> int:
