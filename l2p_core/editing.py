@@ -45,7 +45,7 @@ def img2img(model, positive, negative, image: torch.Tensor, *, seed: int, denois
     shift 3). ComfyUI's KSampler instead cuts its full schedule, so its denoise 0.6 starts
     lower. `options` are `sample`'s keyword arguments (steps, cfg, tile_size, ...).
     """
-    _check_options(options)
+    _check_options(options, seed)
     image = _check_image(image)
     padded = pad_to_multiple(image, model.config.size_multiple)
     result = _sample_at_size(model, positive, negative, padded, seed=seed, denoise=denoise, **options)
@@ -80,7 +80,7 @@ def inpaint(
     denoise 1 is text-to-image at the image's size: the same result as `sample` with the
     same seed. `options` are `sample`'s keyword arguments (steps, cfg, tile_size, ...).
     """
-    _check_options(options)
+    _check_options(options, seed)
     image = _check_image(image)
     mask = check_mask(mask, image)
     grow_px = _non_negative(grow_px, "grow_px")
@@ -147,7 +147,7 @@ def outpaint(
     margins start as the blurred replicated edge (`fill_margins`), which only matters at
     denoise < 1. `feather_px` softens the seam inside the margins. The rest is `inpaint`.
     """
-    _check_options(options)
+    _check_options(options, seed)
     image = _check_image(image)
     multiple = model.config.size_multiple
     margins = {"left": left, "top": top, "right": right, "bottom": bottom}
@@ -279,12 +279,25 @@ def _sample_at_size(model, positive, negative, padded: torch.Tensor, *, seed, de
     )  # fmt: skip
 
 
-def _check_options(options: dict) -> None:
+def _check_options(options: dict, seed) -> None:
+    """Check the settings that `sample` checks too, so that no setting fails after the mask work."""
     unknown = sorted(set(options) - SAMPLE_OPTIONS)
     if unknown:
         raise TypeError(
             f"Unexpected keyword argument(s) {unknown}; editing passes only {sorted(SAMPLE_OPTIONS)} to sample."
         )
+    seed = _whole_number(seed, "seed")
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be in [0, 2^64 - 1]; got {seed}.")
+    steps = _whole_number(options.get("steps", 1), "steps")
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1; got {steps}.")
+    cfg = options.get("cfg", 2.0)
+    if not math.isfinite(cfg) or cfg < 0:
+        raise ValueError(f"cfg must be a finite number ≥ 0; got {cfg}.")
+    shift = options.get("shift", 3.0)
+    if not math.isfinite(shift) or shift <= 0:
+        raise ValueError(f"shift must be a finite number > 0; got {shift}.")
 
 
 def _check_image(image: torch.Tensor) -> torch.Tensor:

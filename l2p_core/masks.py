@@ -15,7 +15,10 @@ PLACEHOLDER_MASK_PX = 64
 
 
 def check_mask(mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-    """Validate a mask [B or 1, H, W] (or [H, W]) against an image [B or 1, 3, H, W]; return it as float32 [B, H, W]."""
+    """Validate a mask [B or 1, H, W] (or [H, W]) against an image [B or 1, 3, H, W].
+
+    Returns the mask as float32 [B or 1, H, W] on the image's device.
+    """
     if not isinstance(mask, torch.Tensor) or not mask.is_floating_point():
         kind = f"a {mask.dtype} tensor" if isinstance(mask, torch.Tensor) else type(mask).__name__
         raise ValueError(f"mask must be a floating-point torch tensor with values in [0, 1]; got {kind}.")
@@ -52,7 +55,7 @@ def check_mask(mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         raise ValueError(
             f"mask values must lie in [0, 1] (1 = repaint); found [{float(mask.min()):.3g}, {float(mask.max()):.3g}]."
         )
-    return mask.float()
+    return mask.float().to(image.device)
 
 
 def grow_mask(mask: torch.Tensor, grow_px: int) -> torch.Tensor:

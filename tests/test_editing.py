@@ -11,6 +11,9 @@ from l2p_core import editing, synthetic
 from l2p_core.errors import SamplingCancelled
 from l2p_core.masks import box_blur, feather_mask, grow_mask, mask_bounds
 
+from .conftest import OFFICIAL_1K
+from .test_fidelity import SAMPLING_ATOL
+
 skimage_data = pytest.importorskip("skimage.data", reason="photographs come from scikit-image (the test extra)")
 
 FAST = {"steps": 2, "cfg": 1.0}
@@ -354,3 +357,24 @@ def test_unknown_option_rejected(model, astronaut):
 def test_sample_mask_needs_init_image(model):
     with pytest.raises(ValueError, match="mask needs an init_image"):
         l2p_core.sample(model, captions(1), captions(2), width=32, height=32, seed=3, mask=torch.ones(1, 32, 32))
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [({"steps": 0}, "steps must be at least 1"), ({"cfg": float("nan")}, "cfg must be"), ({"seed": -1}, "seed must")],
+)
+def test_settings_checked_even_for_empty_mask(model, astronaut, settings, message):
+    image = l2p_core.from_uint8(astronaut[:32, :32])
+    options = {"seed": 3, **settings}
+    with pytest.raises(ValueError, match=message):
+        editing.inpaint(model, captions(1), captions(2), image, torch.zeros(1, 32, 32), **options)
+
+
+def test_img2img_matches_reference_case(sampling_reference):
+    reference = sampling_reference
+    result = editing.img2img(
+        l2p_core.load_model(OFFICIAL_1K), [reference["cap_pos"]], [reference["cap_neg"]],
+        reference["i2i.input_image"], seed=42, denoise=float(reference["i2i.denoising_strength"]), steps=4, cfg=2.0,
+    )  # fmt: skip
+    expected = reference["i2i.x_final"].clamp(-1, 1)
+    assert (result - expected).abs().max() <= SAMPLING_ATOL
