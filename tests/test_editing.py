@@ -249,6 +249,30 @@ def test_crop_samples_only_window_and_stitches_exactly(model, astronaut):
     assert np.array_equal(l2p_core.to_uint8(result)[0][(mask[0] == 0).numpy()], astronaut[(mask[0] == 0).numpy()])
 
 
+def test_crop_of_odd_sized_photo_stays_on_grid(model, cat):
+    image = l2p_core.from_uint8(cat)
+    mask = torch.zeros(1, 300, 451)
+    mask[:, 140:160, 200:220] = 1
+    recorder = Recorder(model)
+    result = run_inpaint(recorder, image, mask, context_px=16)
+
+    assert recorder.shapes[0][-2:] == (64, 64)
+    assert result.shape == image.shape
+    assert outside_equal(result, image, mask == 0)
+
+
+def test_crop_window_with_patch_tiling(model, astronaut):
+    image = l2p_core.from_uint8(astronaut)
+    mask = torch.zeros(1, 512, 512)
+    mask[:, 100:132, 100:132] = 1
+    recorder = Recorder(model)
+    result = run_inpaint(recorder, image, mask, context_px=48, tile_size=64, tile_overlap=16)
+
+    assert {shape[-2:] for shape in recorder.shapes} == {(64, 64)}
+    assert len(recorder.shapes) > 2
+    assert outside_equal(result, image, mask == 0)
+
+
 def test_plan_window_is_on_grid_inside_image():
     window = editing.plan_window((5, 30, 490, 500), 512, 512, 16, 40, 1024)
     top, bottom, left, right = window
