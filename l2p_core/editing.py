@@ -179,12 +179,26 @@ def fill_margins(
     The original pixels are copied into the canvas unchanged.
     """
     height, width = image.shape[-2:]
-    canvas = F.pad(image.float(), (left, right, top, bottom), mode="replicate")
+    replicated = F.pad(image.float(), (left, right, top, bottom), mode="replicate")
+    canvas = replicated.clone()
+    canvas_h, canvas_w = canvas.shape[-2:]
     radius = max(left, top, right, bottom) // 4
-    if radius:
-        batch = canvas.shape[0]
-        blurred = box_blur(canvas.flatten(0, 1), radius).unflatten(0, (batch, 3))
-        canvas = blurred
+    # Each margin is blurred within a band reaching `radius` px into the image, which gives
+    # the same values as blurring the whole canvas but keeps memory to the margins' size.
+    bottom_start, right_start = max(0, canvas_h - bottom - radius), max(0, canvas_w - right - radius)
+    bands = [
+        (slice(0, top + radius), slice(None), slice(0, top), slice(None)),
+        (slice(bottom_start, None), slice(None), slice(canvas_h - bottom - bottom_start, None), slice(None)),
+        (slice(None), slice(0, left + radius), slice(None), slice(0, left)),
+        (slice(None), slice(right_start, None), slice(None), slice(canvas_w - right - right_start, None)),
+    ]
+    margins = (top, bottom, left, right)
+    for margin, (rows, cols, inner_rows, inner_cols) in zip(margins, bands, strict=True):
+        if not margin or not radius:
+            continue
+        band = replicated[..., rows, cols]
+        blurred = box_blur(band.flatten(0, 1), radius).unflatten(0, band.shape[:2])
+        canvas[..., rows, cols][..., inner_rows, inner_cols] = blurred[..., inner_rows, inner_cols]
     canvas[..., top : top + height, left : left + width] = image.float()
 
     mask = torch.ones((1, *canvas.shape[-2:]), dtype=torch.float32, device=image.device)
@@ -212,12 +226,15 @@ def _plan_axis(start: int, end: int, length: int, multiple: int, context_px: int
     extent = end - start
     size = _round_up(extent + 2 * context_px, multiple)
     size = min(size, max(max_px, _round_up(extent, multiple)))
-    if size >= length:
-        return 0, length
     if extent > max_px:
         logger.info(
-            "Inpainting: the mask spans %d px, more than the %d-px window limit; sampling it whole", extent, max_px
+            "Inpainting: the mask spans %d px, more than the %d-px window limit, so the window is larger; "
+            "pass tile_size to bound its memory",
+            extent,
+            max_px,
         )
+    if size >= length:
+        return 0, length
     first = start - (size - extent) // 2
     first = min(max(first, 0), length - size)
     return first, first + size

@@ -319,6 +319,20 @@ def test_fill_margins_replicates_blurred_edge():
     assert mask[0, :, 16:].max() == 0
 
 
+@pytest.mark.parametrize("size", [(40, 50), (5, 7)])
+@pytest.mark.parametrize("margins", [(16, 0, 32, 0), (0, 16, 0, 48), (64, 64, 64, 64)])
+def test_fill_margins_equals_whole_canvas_blur(size, margins):
+    height, width = size
+    left, top, right, bottom = margins
+    image = torch.rand(2, 3, height, width, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    canvas, _ = editing.fill_margins(image, left=left, top=top, right=right, bottom=bottom)
+
+    replicated = torch.nn.functional.pad(image, (left, right, top, bottom), mode="replicate")
+    expected = box_blur(replicated.flatten(0, 1), max(margins) // 4).unflatten(0, (2, 3))
+    expected[..., top : top + height, left : left + width] = image
+    assert torch.equal(canvas, expected)
+
+
 def test_outpaint_rejects_off_grid_margin(model, cat):
     image = l2p_core.from_uint8(cat[:32, :32])
     with pytest.raises(ValueError, match=r"right=10 px is not a multiple of 16 px.*use 16"):
