@@ -173,10 +173,10 @@ def fill_margins(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return the extended canvas [B, 3, H', W'] and its mask [1, H', W'] (1 on the margins).
 
-    The margins hold the replicated edge, box-blurred over about a quarter of the widest
-    margin: replication keeps the edge colours (reflection would mirror objects into the
-    margin, which img2img-strength outpainting then keeps), and the blur removes the streaks.
-    The original pixels are copied into the canvas unchanged.
+    The margins hold the replicated edge, box-blurred over a quarter of the widest margin.
+    Replication keeps the edge colours, where reflection would mirror objects into the
+    margin that outpainting at denoise < 1 then keeps. The blur removes the streaks that
+    replication draws. The original pixels are copied into the canvas unchanged.
     """
     height, width = image.shape[-2:]
     replicated = F.pad(image.float(), (left, right, top, bottom), mode="replicate")
@@ -269,7 +269,7 @@ def _feathered_window(grown: torch.Tensor, window: tuple[int, int, int, int], fe
 
 
 def _inpaint_window(model, positive, negative, window, mask, *, seed, denoise, **options) -> torch.Tensor:
-    """Sample one window [B, 3, h, w] with its mask [B, h, w] at any size; return [B, 3, h, w]."""
+    """Sample one window [B, 3, h, w] of any size with its mask [B, h, w] and return the result [B, 3, h, w]."""
     multiple = model.config.size_multiple
     height, width = window.shape[-2:]
     padded = pad_to_multiple(window, multiple)
