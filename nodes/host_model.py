@@ -24,6 +24,7 @@ import torch
 
 from ..l2p_core import inspect_checkpoint
 from .diffusion_model import L2PDiffusionModel
+from .lora_patches import l2p_patcher_class
 from .memory_estimate import activation_bytes
 from .tiled_model import tiling_for_estimate
 from .tiling_settings import TilingSettings
@@ -160,7 +161,9 @@ def load_l2p_patcher(path: str, weight_dtype: str = "default", disable_dynamic: 
         model_config.optimizations["fp8"] = True
 
     model = model_config.get_model()
-    patcher_class = comfy.model_patcher.ModelPatcher if disable_dynamic else comfy.model_patcher.CoreModelPatcher
+    patcher_class = l2p_patcher_class(
+        comfy.model_patcher.ModelPatcher if disable_dynamic else comfy.model_patcher.CoreModelPatcher
+    )
     patcher = patcher_class(model, load_device=load_device, offload_device=offload_device)
     if not comfy.model_management.is_device_cpu(offload_device):
         model.to(offload_device)
