@@ -5,6 +5,8 @@ This module imports ComfyUI's model code, so the sampler node imports it only wh
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import comfy.model_management
 import comfy.utils
 import latent_preview
@@ -56,45 +58,64 @@ def sample_images(
             f"{max(multiple, round(height / multiple) * multiple)}."
         )
     steps, cfg = resolve_steps_and_cfg(config, steps, cfg)
-    tiling = tiling_settings(model)
 
-    device = model.load_device
     shape = (batch_size, config.in_channels, height, width)
-    memory = _check_memory(model, shape, tiling, device)
+    with host_sampling(model, shape, steps) as (host_network, options):
+        images = sample(
+            host_network,
+            positive_captions,
+            negative_captions,
+            width=width,
+            height=height,
+            seed=seed,
+            steps=steps,
+            cfg=cfg,
+            shift=shift,
+            batch_size=batch_size,
+            **options,
+        )
+
+    pixels = rearrange((images + 1) / 2, "b c h w -> b h w c")
+    return pixels.to(
+        device=comfy.model_management.intermediate_device(), dtype=comfy.model_management.intermediate_dtype()
+    )
+
+
+@contextmanager
+def host_sampling(model, shape: tuple[int, int, int, int], steps: int, node: str = "L2P Pixel Sampler"):
+    """Load `model` for one l2p_core run of `shape` [B, C, H, W] and yield (network, sampling options).
+
+    The options are l2p_core.sample's callback, cancel_check, device and tiling arguments.
+    Before loading, the working-memory estimate of `shape` is checked against the device
+    (MemoryEstimateError names `node`). The model is loaded through ComfyUI's memory
+    management, so LoRA patches apply and other models are offloaded as needed. Progress
+    and live previews (if the user's preview setting allows them) follow the steps, or
+    tiles × steps when tiled. A cancel request ends the prompt as cancelled.
+    """
+    network = l2p_network(model)
+    tiling = tiling_settings(model)
+    device = model.load_device
+    memory = _check_memory(model, shape, tiling, device, node)
     comfy.model_management.load_models_gpu([model], memory_required=memory, minimum_memory_required=memory)
     progress = _TiledProgress(model) if tiling is not None else _UntiledProgress(model, steps)
+    options = {
+        "callback": progress.on_step,
+        "cancel_check": comfy.model_management.processing_interrupted,
+        "device": device,
+        **_tiling_arguments(tiling, progress),
+    }
 
     with comfy.model_management.cuda_device_context(device):
         model.pre_run()
         try:
             with network.decoder_tiles(tiling.decoder_tile_px if tiling else network.decoder_tile_px):
-                images = sample(
-                    HostNetwork(network),
-                    positive_captions,
-                    negative_captions,
-                    width=width,
-                    height=height,
-                    seed=seed,
-                    steps=steps,
-                    cfg=cfg,
-                    shift=shift,
-                    batch_size=batch_size,
-                    callback=progress.on_step,
-                    cancel_check=comfy.model_management.processing_interrupted,
-                    device=device,
-                    **_tiling_arguments(tiling, progress),
-                )
+                yield HostNetwork(network), options
         except SamplingCancelled:
             # Turn l2p_core's cancel into the host's interrupt, which ends the prompt as cancelled.
             comfy.model_management.throw_exception_if_processing_interrupted()
             raise
         finally:
             model.cleanup()
-
-    pixels = rearrange((images + 1) / 2, "b c h w -> b h w c")
-    return pixels.to(
-        device=comfy.model_management.intermediate_device(), dtype=comfy.model_management.intermediate_dtype()
-    )
 
 
 def _tiling_arguments(tiling: TilingSettings | None, progress) -> dict:
@@ -108,7 +129,7 @@ def _tiling_arguments(tiling: TilingSettings | None, progress) -> dict:
     }
 
 
-def _check_memory(model, shape, tiling: TilingSettings | None, device) -> float:
+def _check_memory(model, shape, tiling: TilingSettings | None, device, node: str) -> float:
     """Return the working-memory estimate, or raise MemoryEstimateError if the device cannot hold it.
 
     Weights can be offloaded and streamed, so only the working memory has to fit.
@@ -131,7 +152,7 @@ def _check_memory(model, shape, tiling: TilingSettings | None, device) -> float:
     else:
         advice = "Lower the tile size or the tile batch size, the image size, or the batch size."
     raise MemoryEstimateError(
-        f"The L2P Pixel Sampler would need about {memory / GIB:.1f} GiB of working memory for {request}, "
+        f"The {node} would need about {memory / GIB:.1f} GiB of working memory for {request}, "
         f"more than the {total / GIB:.1f} GiB that {device} has in total. {advice}"
     )
 

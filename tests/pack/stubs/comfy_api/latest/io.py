@@ -26,6 +26,7 @@ def _comfy_type(io_type: str) -> type:
 Model = _comfy_type("MODEL")
 Conditioning = _comfy_type("CONDITIONING")
 Image = _comfy_type("IMAGE")
+Mask = _comfy_type("MASK")
 Latent = _comfy_type("LATENT")
 Int = _comfy_type("INT")
 Float = _comfy_type("FLOAT")
