@@ -11,7 +11,7 @@ from pathlib import Path
 from .conftest import L2P_FILE, PACK_FOLDER_NAME
 from .graphs import load_converter
 
-NODE_IDS = ("L2PModelLoader", "L2PPixelSampler", "L2PEmptyImage", "L2PPatchTiling")
+NODE_IDS = ("L2PModelLoader", "L2PPixelSampler", "L2PEdit", "L2PEmptyImage", "L2PPatchTiling")
 PROBE = Path(__file__).with_name("registry_probe.py")
 
 
@@ -64,7 +64,9 @@ def test_converter_widget_names_match_object_info(host):
             kind, options = specs[name][0], (specs[name][1] if len(specs[name]) > 1 else {})
             if isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"):
                 widgets.append(name)
-                if options.get("control_after_generate"):
+                # The seed's "control after generate" and Load Image's upload button are widgets
+                # that only the frontend stores.
+                if options.get("control_after_generate") or options.get("image_upload"):
                     widgets.append(None)
         assert widgets == expected, f"{node_type}: host widgets {widgets}, converter {expected}"
 
