@@ -24,6 +24,7 @@ import torch
 
 from ..l2p_core import inspect_checkpoint
 from .diffusion_model import L2PDiffusionModel
+from .lora_blocks import float32_joint_blocks
 from .lora_patches import l2p_patcher_class
 from .memory_estimate import activation_bytes
 from .tiled_model import tiling_for_estimate
@@ -161,6 +162,10 @@ def load_l2p_patcher(path: str, weight_dtype: str = "default", disable_dynamic: 
         model_config.optimizations["fp8"] = True
 
     model = model_config.get_model()
+    # Read by the L2P LoRA Scope node, since the loaded weights all share the storage dtype.
+    model.float32_joint_blocks = float32_joint_blocks(
+        {name: source.dtypes for name, source in info.layout.tensors.items()}
+    )
     patcher_class = l2p_patcher_class(
         comfy.model_patcher.ModelPatcher if disable_dynamic else comfy.model_patcher.CoreModelPatcher
     )

@@ -19,16 +19,22 @@ This module imports ComfyUI's model code, so the nodes import it only when they 
 from __future__ import annotations
 
 import logging
+import re
+import uuid
 
 import comfy.weight_adapter
 
+from .lora_blocks import describe_blocks
+
 logger = logging.getLogger(__name__)
+
+JOINT_BLOCK_WEIGHT = re.compile(r"^diffusion_model\.layers\.(\d+)\.")
 
 
 class L2PPatchChecks:
     """ModelPatcher mixin that adds only the patches whose shape fits an L2P weight.
 
-    Patches of other kinds (LoHa, LoKr, DoRA with reshape, hooks) pass through unchecked
+    Other patches (LoHa, LoKr, GLoRA, LoRAs with a mid factor or a reshape) pass through unchecked
     because their update shape is not known before the host computes it.
     """
 
@@ -100,3 +106,27 @@ def l2p_patcher_class(base: type) -> type:
     if base not in _PATCHER_CLASSES:
         _PATCHER_CLASSES[base] = type(f"L2P{base.__name__}", (L2PPatchChecks, base), {})
     return _PATCHER_CLASSES[base]
+
+
+def keep_patches_of_blocks(model, blocks: tuple[int, ...]):
+    """Return a clone of the ModelPatcher `model` that keeps only the patches on joint `blocks`.
+
+    It filters the clone's own `patches` (the host's LoRA patch list), so the weights
+    outside those blocks stay as loaded and unpatching works as for any LoRA.
+    """
+    clone = model.clone()
+    kept = {}
+    for key, key_patches in clone.patches.items():
+        match = JOINT_BLOCK_WEIGHT.match(key)
+        if match and int(match[1]) in blocks:
+            kept[key] = key_patches
+    removed = len(clone.patches) - len(kept)
+    clone.patches = kept
+    clone.patches_uuid = uuid.uuid4()
+    logger.info(
+        "L2P LoRA Scope: kept the patches of %d weights in joint blocks %s, removed those of %d other weights.",
+        len(kept),
+        describe_blocks(blocks),
+        removed,
+    )
+    return clone

@@ -24,6 +24,8 @@ STRENGTH = 0.75
 RANK = 4
 ALPHA = 2.0
 N_LAYERS = 4
+# Joint blocks the probe's checkpoint stores in float32, as the released file stores 5–24.
+SHARED_BLOCKS = range(1, 3)
 
 
 class LogRecords(logging.Handler):
@@ -141,6 +143,34 @@ def expected_weights(torch, originals: dict, expected: list) -> dict:
     return {key: weight.to(originals[key].dtype) for key, weight in results.items()}
 
 
+def joint_block(key: str) -> int | None:
+    """Return N for a weight of joint block N (`diffusion_model.layers.N.…`), else None."""
+    parts = key.split(".")
+    return int(parts[2]) if parts[1] == "layers" else None
+
+
+def patch_and_compare(torch, model, patched_model, originals: dict, expected: list) -> dict:
+    """Patch `patched_model`'s weights, compare them with the expected ones, unpatch, and check the restore."""
+    patched_keys = sorted(patched_model.patches)
+    patched_model.patch_model(device_to=torch.device("cpu"), force_patch_weights=True)
+    patched = {key: value.clone() for key, value in patched_model.model.state_dict().items()}
+    patched_model.unpatch_model(device_to=torch.device("cpu"))
+    restored = model.model.state_dict()
+
+    targets = expected_weights(torch, originals, expected)
+    return {
+        "patched_keys": patched_keys,
+        "expected_keys": sorted(targets),
+        "max_difference": {key: (patched[key].float() - targets[key].float()).abs().max().item() for key in targets},
+        "changed_by_lora": {key: not torch.equal(patched[key], originals[key]) for key in targets},
+        "changed_elsewhere": sorted(
+            key for key in originals if key not in targets and not torch.equal(patched[key], originals[key])
+        ),
+        "not_restored": sorted(key for key in originals if not torch.equal(restored[key], originals[key])),
+        "dtypes": sorted({str(originals[key].dtype) for key in targets}),
+    }
+
+
 def main() -> None:
     pack_folder, work_directory = sys.argv[1:3]
     sys.argv = ["main.py", "--cpu", "--base-directory", work_directory]
@@ -167,7 +197,9 @@ def main() -> None:
 
     config = synthetic.tiny_config(n_layers=N_LAYERS)
     checkpoint = os.path.join(work_directory, "tiny-l2p-lora-probe.safetensors")
-    official = synthetic.to_official_layout(synthetic.random_state_dict(config, seed=3), config.patch_size)
+    official = synthetic.to_official_layout(
+        synthetic.random_state_dict(config, seed=3), config.patch_size, float32_layers=SHARED_BLOCKS
+    )
     save_file({name: tensor.contiguous() for name, tensor in official.items()}, checkpoint)
     folder_paths.add_model_folder_path("diffusion_models", work_directory)
     model = (
@@ -183,30 +215,27 @@ def main() -> None:
         originals["diffusion_model.layers.0.feed_forward.w1.weight"].shape[0],
         tuple(originals["diffusion_model.layers.1.adaLN_modulation.0.weight"].shape),
     )
-    report = {"formats": {}}
+    scope_node = nodes.NODE_CLASS_MAPPINGS["L2PLoraScope"]
+    report = {"formats": {}, "scope": {}}
     for name, (lora, expected, latent_only) in formats.items():
         records.messages.clear()
         patched_model, _ = comfy.sd.load_lora_for_models(model, None, lora, STRENGTH, 0)
-        patched_keys = sorted(patched_model.patches)
-        patched_model.patch_model(device_to=torch.device("cpu"), force_patch_weights=True)
-        patched = {key: value.clone() for key, value in patched_model.model.state_dict().items()}
-        patched_model.unpatch_model(device_to=torch.device("cpu"))
-        restored = model.model.state_dict()
+        report["formats"][name] = patch_and_compare(torch, model, patched_model, originals, expected)
+        report["formats"][name] |= {"latent_only": latent_only, "log": list(records.messages)}
 
-        expected_patched = expected_weights(torch, originals, expected)
-        report["formats"][name] = {
-            "patched_keys": patched_keys,
-            "expected_keys": sorted(expected_patched),
-            "max_difference": {key: (patched[key].float() - expected_patched[key].float()).abs().max().item() for key in expected_patched},
-            "changed_by_lora": {key: not torch.equal(patched[key], originals[key]) for key in expected_patched},
-            "changed_elsewhere": sorted(
-                key for key in originals if key not in expected_patched and not torch.equal(patched[key], originals[key])
-            ),
-            "not_restored": sorted(key for key in originals if not torch.equal(restored[key], originals[key])),
-            "dtypes": sorted({str(originals[key].dtype) for key in expected_patched}),
-            "latent_only": latent_only,
-            "log": list(records.messages),
-        }
+    # Shared-blocks mode on a LoRA that also patches the refiners: only the joint blocks
+    # stored in float32 (SHARED_BLOCKS) keep their patches.
+    lora, expected, _ = formats["diffusers"]
+    records.messages.clear()
+    patched_model, _ = comfy.sd.load_lora_for_models(model, None, lora, STRENGTH, 0)
+    scoped_model = scope_node.execute(model=patched_model, scope="shared blocks only").args[0]
+    in_shared_blocks = [patch for patch in expected if joint_block(patch[0]) in SHARED_BLOCKS]
+    report["scope"] = patch_and_compare(torch, model, scoped_model, originals, in_shared_blocks)
+    report["scope"] |= {
+        "float32_joint_blocks": list(model.model.float32_joint_blocks),
+        "unscoped_keys": sorted(patched_model.patches),
+        "log": list(records.messages),
+    }
     print("REPORT " + json.dumps(report))
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from .conftest import L2P_FILE, PACK_FOLDER_NAME
 from .graphs import load_converter
 
-NODE_IDS = ("L2PModelLoader", "L2PPixelSampler", "L2PEdit", "L2PEmptyImage", "L2PPatchTiling")
+NODE_IDS = ("L2PModelLoader", "L2PPixelSampler", "L2PEdit", "L2PEmptyImage", "L2PPatchTiling", "L2PLoraScope")
 PROBE = Path(__file__).with_name("registry_probe.py")
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 REPOSITORY = Path(__file__).resolve().parents[2]
 STUBS = Path(__file__).resolve().with_name("stubs")
 
-NODE_IDS = ["L2PModelLoader", "L2PPixelSampler", "L2PEdit", "L2PEmptyImage", "L2PPatchTiling"]
+NODE_IDS = ["L2PModelLoader", "L2PPixelSampler", "L2PEdit", "L2PEmptyImage", "L2PPatchTiling", "L2PLoraScope"]
 
 
 def node_classes(pack) -> list:
