@@ -8,6 +8,7 @@ compares the saved PNG with the input PNG.
 from __future__ import annotations
 
 import copy
+import uuid
 
 import numpy as np
 import pytest
@@ -109,3 +110,28 @@ def test_inpaint_with_patch_tiling(host):
     edited = pixels(only_png(host, entry))
     outside = outside_box(original.shape, graph[node_of(graph, "L2PEdit")]["inputs"]["grow_mask"])
     assert np.array_equal(edited[outside], original[outside])
+
+
+def test_edit_progress_and_previews(host):
+    inpaint_photo(host)
+    graph = edit_graph("l2p_edit_inpaint", context=64, seed=13)
+    edit = node_of(graph, "L2PEdit")
+    client_id = uuid.uuid4().hex
+    socket = host.client.open_websocket(client_id)
+    try:
+        prompt_id = host.client.queue_prompt(graph, client_id=client_id, extra_data={"preview_method": "latent2rgb"})
+        previews, progress_nodes = 0, set()
+        while True:
+            event = socket.receive(timeout=300)
+            assert event is not None, "no websocket message for 300 s"
+            if event.binary is not None:
+                previews += 1
+            elif event.kind == "progress" and event.data.get("prompt_id") == prompt_id:
+                progress_nodes.add(event.data["node"])
+            elif event.kind in ("execution_success", "execution_error") and event.data.get("prompt_id") == prompt_id:
+                assert event.kind == "execution_success", event.data
+                break
+    finally:
+        socket.close()
+    assert edit in progress_nodes
+    assert previews > 0
