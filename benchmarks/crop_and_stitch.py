@@ -12,32 +12,24 @@ mask equals the input.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
-import subprocess
-import sys
-import tempfile
 import textwrap
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from peak_memory import run_worker
+
 CANVAS_PX, MASK_PX = 2048, 128
 
 WORKER = textwrap.dedent(
     """
-    import json, sys, threading, time
+    import json, sys
     import torch
     import torch.nn.functional as F
     import l2p_core
     from l2p_core import synthetic
     from skimage import data
-
-    def rss_anon_kb():
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1])
+    from peak_memory import measure_peak
 
     request = json.loads(sys.argv[1])
     config = synthetic.tiny_config()
@@ -59,43 +51,17 @@ WORKER = textwrap.dedent(
             tile_size=request["tile"],
         )
 
-    torch.ones(1) + 1
-    baseline = rss_anon_kb()
-    peak = baseline
-    running = True
-
-    def sample_memory():
-        global peak
-        while running:
-            peak = max(peak, rss_anon_kb())
-            time.sleep(0.0005)
-
-    sampler = threading.Thread(target=sample_memory)
-    sampler.start()
-    started = time.perf_counter()
-    result = run()
-    seconds = time.perf_counter() - started
-    running = False
-    sampler.join()
+    torch.ones(1) + 1  # initialise torch's lazy state before the baseline
+    result, growth_mib, seconds = measure_peak(run)
     keep = (mask == 0)[:, None].expand_as(result)
     exact = torch.equal(result[keep], image[keep])
-    print(json.dumps({"peak_growth_mib": (peak - baseline) / 1024, "seconds": seconds, "exact_outside": exact}))
+    print(json.dumps({"peak_growth_mib": growth_mib, "seconds": seconds, "exact_outside": exact}))
     """
 )
 
 
 def measure(crop: bool, tile: int | None) -> dict:
-    request = {"canvas": CANVAS_PX, "mask": MASK_PX, "crop": crop, "tile": tile}
-    with tempfile.TemporaryDirectory() as scratch:
-        script = Path(scratch) / "worker.py"
-        script.write_text(WORKER)
-        environment = os.environ | {"PYTHONPATH": str(ROOT)}
-        result = subprocess.run(
-            [sys.executable, str(script), json.dumps(request)], capture_output=True, text=True, env=environment
-        )
-    if result.returncode != 0:
-        raise SystemExit(f"Measurement {request} failed:\n{result.stderr}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return run_worker(WORKER, {"canvas": CANVAS_PX, "mask": MASK_PX, "crop": crop, "tile": tile})
 
 
 def main() -> None:

@@ -11,16 +11,12 @@ allocator state cannot leak into the next. Prints a Markdown report.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import subprocess
-import sys
-import tempfile
 import textwrap
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from peak_memory import run_worker
 
 # Mid-size network: real token grid and patch size, narrower backbone and decoder so an
 # 8192² tiled run finishes on two CPU cores. Every tiled run uses 1024-px tiles (the 1K
@@ -37,17 +33,12 @@ TILE_PX, OVERLAP_PX = 1024, 256
 
 WORKER = textwrap.dedent(
     """
-    import json, sys, threading, time
+    import json, sys
     import torch
     import l2p_core
     from l2p_core import synthetic
     from l2p_core.tiling import decode_tiled
-
-    def rss_anon_kb():
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1])
+    from peak_memory import measure_peak
 
     request = json.loads(sys.argv[1])
     network = request["network"]
@@ -73,45 +64,16 @@ WORKER = textwrap.dedent(
                 else:
                     model.local_decoder(image, features)
 
-    torch.ones(1) + 1
-    baseline = rss_anon_kb()
-    peak = baseline
-    running = True
-
-    def sample_memory():
-        global peak
-        while running:
-            peak = max(peak, rss_anon_kb())
-            time.sleep(0.0005)
-
-    sampler = threading.Thread(target=sample_memory)
-    sampler.start()
-    started = time.perf_counter()
-    run()
-    seconds = time.perf_counter() - started
-    running = False
-    sampler.join()
-    print(json.dumps({"peak_growth_mib": (peak - baseline) / 1024, "seconds": seconds}))
+    torch.ones(1) + 1  # initialise torch's lazy state before the baseline
+    _, growth_mib, seconds = measure_peak(run)
+    print(json.dumps({"peak_growth_mib": growth_mib, "seconds": seconds}))
     """
 )
 
 
 def measure(kind: str, size: int, tile: int | None = None) -> dict:
-    request = {"kind": kind, "size": size, "tile": tile, "overlap": OVERLAP_PX if tile else None, "network": NETWORK}
-    with tempfile.TemporaryDirectory() as scratch:
-        script = Path(scratch) / "worker.py"
-        script.write_text(WORKER)
-        environment = os.environ | {"PYTHONPATH": str(ROOT)}
-        result = subprocess.run(
-            [sys.executable, str(script), json.dumps(request)],
-            capture_output=True,
-            text=True,
-            env=environment,
-            check=False,
-        )
-    if result.returncode != 0:
-        raise SystemExit(f"measurement {request} failed:\n{result.stderr}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    overlap = OVERLAP_PX if tile else None
+    return run_worker(WORKER, {"kind": kind, "size": size, "tile": tile, "overlap": overlap, "network": NETWORK})
 
 
 def canvas_mib(size: int) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from . import MAX_RESOLUTION
+from .sampling_inputs import cfg_input, seed_input, shift_input, steps_input
 
 GRID_PX = 16
 # l2p_core.editing's crop-and-stitch defaults: 256 px of context, windows of at most 1024 px
@@ -75,50 +76,16 @@ class L2PEdit(io.ComfyNode):
                         "level that denoise sets. outpaint: extend the canvas by the margins and paint them."
                     ),
                 ),
-                io.Int.Input(
-                    "seed",
-                    default=0,
-                    min=0,
-                    max=0xFFFFFFFFFFFFFFFF,
-                    control_after_generate=True,
-                    tooltip=(
-                        "Seed of the noise, drawn on the CPU as KSampler does, so a seed gives the same result "
-                        "on every device."
-                    ),
+                seed_input(
+                    "Seed of the noise, drawn on the CPU as KSampler does, so a seed gives the same result "
+                    "on every device."
                 ),
-                io.Int.Input(
-                    "steps",
-                    default=0,
-                    min=0,
-                    max=1000,
-                    tooltip=(
-                        "Number of Euler steps, all of them run from the starting noise level. 0 (auto) uses the "
-                        "model's preset: 30 for the 1K model, 50 for the HR models."
-                    ),
+                steps_input(
+                    "Number of Euler steps, all of them run from the starting noise level. 0 (auto) uses the "
+                    "model's preset: 30 for the 1K model, 50 for the HR models."
                 ),
-                io.Float.Input(
-                    "cfg",
-                    default=0.0,
-                    min=0.0,
-                    max=100.0,
-                    step=0.1,
-                    round=0.01,
-                    tooltip=(
-                        "Classifier-free guidance scale; 1 skips the negative pass. 0 (auto) uses the model's "
-                        "preset: 2.0 for the 1K model, 4.0 for the HR models."
-                    ),
-                ),
-                io.Float.Input(
-                    "shift",
-                    default=3.0,
-                    min=0.01,
-                    max=100.0,
-                    step=0.01,
-                    tooltip=(
-                        "Time shift of the σ schedule, σ = shift·t / (1 + (shift − 1)·t). The official 1K and HR "
-                        "pipelines use 3."
-                    ),
-                ),
+                cfg_input(),
+                shift_input(),
                 io.Float.Input(
                     "denoise",
                     default=1.0,

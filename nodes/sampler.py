@@ -5,6 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from . import MAX_RESOLUTION
+from .sampling_inputs import cfg_input, seed_input, shift_input, steps_input
 
 
 class L2PPixelSampler(io.ComfyNode):
@@ -54,51 +55,16 @@ class L2PPixelSampler(io.ComfyNode):
                     tooltip="Image height in pixels; a multiple of 16 for the 1K model (64, 128 or 320 for HR models).",
                 ),
                 io.Int.Input("batch_size", default=1, min=1, max=64, tooltip="Number of images generated together."),
-                io.Int.Input(
-                    "seed",
-                    default=0,
-                    min=0,
-                    max=0xFFFFFFFFFFFFFFFF,
-                    control_after_generate=True,
-                    tooltip=(
-                        "Seed of the starting noise, drawn on the CPU over the whole batch as KSampler does, so "
-                        "a seed gives the same image on every device."
-                    ),
+                seed_input(
+                    "Seed of the starting noise, drawn on the CPU over the whole batch as KSampler does, so "
+                    "a seed gives the same image on every device."
                 ),
-                io.Int.Input(
-                    "steps",
-                    default=0,
-                    min=0,
-                    max=1000,
-                    tooltip=(
-                        "Number of Euler steps. 0 (auto) uses the model's preset: 30 for the 1K model, 50 for "
-                        "the HR 4K, 8K and 10K models."
-                    ),
+                steps_input(
+                    "Number of Euler steps. 0 (auto) uses the model's preset: 30 for the 1K model, 50 for "
+                    "the HR 4K, 8K and 10K models."
                 ),
-                io.Float.Input(
-                    "cfg",
-                    default=0.0,
-                    min=0.0,
-                    max=100.0,
-                    step=0.1,
-                    round=0.01,
-                    tooltip=(
-                        "Classifier-free guidance scale; 1 skips the negative pass. 0 (auto) uses the model's "
-                        "preset: 2.0 for the 1K model, 4.0 for the HR models."
-                    ),
-                ),
-                io.Float.Input(
-                    "shift",
-                    default=3.0,
-                    min=0.01,
-                    max=100.0,
-                    step=0.01,
-                    tooltip=(
-                        "Time shift of the σ schedule, σ = shift·t / (1 + (shift − 1)·t). The official 1K and HR "
-                        "pipelines use 3; the L2P paper (arXiv 2605.12013) reports that a larger shift helps "
-                        "global structure at 4K."
-                    ),
-                ),
+                cfg_input(),
+                shift_input(),
             ],
             outputs=[io.Image.Output(tooltip="The generated images.")],
         )
