@@ -3,9 +3,9 @@
     python benchmarks/tiling_memory.py            # all measurements, about 10 minutes on 2 cores
     python benchmarks/tiling_memory.py --quick    # 2K and 4K only
 
-Each measurement runs in a fresh process that samples its anonymous resident memory
-(RssAnon in /proc/self/status, Linux only) from a thread every 0.5 ms, so one run's
-allocator state cannot leak into the next. Prints a Markdown report.
+Each measurement runs in a fresh process through `peak_memory.run_worker`, which samples
+anonymous resident memory (RssAnon, Linux only) every 0.5 ms. A fresh process keeps one
+run's allocator state out of the next. Prints a Markdown report.
 """
 
 from __future__ import annotations

@@ -58,8 +58,8 @@ class Attention(nn.Module):
         q = apply_rotary(self.q_norm(q), rope)
         k = apply_rotary(self.k_norm(k), rope)
 
-        # key_mask [B, S] is True for real tokens; batch padding is masked out as keys only,
-        # so every sample attends exactly to the tokens a batch-1 pass would see.
+        # key_mask [B, S] is True for real tokens. Batch padding is masked out as keys only,
+        # so every sample attends to exactly the tokens of its own batch-1 pass.
         mask = None if key_mask is None else rearrange(key_mask, "b s -> b 1 1 s")
         attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out(rearrange(attended, "b h s d -> b s (h d)"))

@@ -66,7 +66,9 @@ def load_model(
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating-point torch dtype such as torch.bfloat16; got {dtype!r}.")
     if torch.device(device).type == "meta":
-        raise ValueError("device 'meta' holds no data; load onto 'cpu' or a GPU such as 'cuda'.")
+        raise ValueError(
+            "device 'meta' is invalid here because it stores no data; load onto 'cpu' or a GPU such as 'cuda'."
+        )
     info = inspect_checkpoint(path)
     config = info.config
 
@@ -128,8 +130,8 @@ def _load_weights(
 ) -> None:
     """Read every tensor, then hand them to `load_state_dict(assign=True)`.
 
-    The state dict holds the same tensors the model keeps, so this costs no extra memory,
-    and layer classes from `operations` see their usual `_load_from_state_dict` hooks.
+    The state dict contains the same tensors the model keeps, so this costs no extra
+    memory. Layer classes from `operations` get their usual `_load_from_state_dict` hooks.
     """
     names = list(model.state_dict())
     foreign = [name for name in names if name not in layout.tensors]

@@ -41,10 +41,10 @@ def tiny_config(
 ) -> L2PConfig:
     """Return a small configuration of the variant with this patch size (16, 64, 128 or 160).
 
-    The decoder has the variant's levels with narrow channels. It follows the released
-    channel pattern: wrapper levels (8K, 10K) keep 3 channels, each level's dec conv narrows
-    to the next-outer level's encoder width, and the 10K bottleneck is twice as wide as its
-    innermost encoder, like the released 512 after 256.
+    The decoder has the variant's levels with narrow channels, in the released pattern.
+    Wrapper levels (8K, 10K) keep 3 channels. Each level's dec conv narrows to the
+    next-outer level's encoder width. The 10K bottleneck is twice as wide as its innermost
+    encoder, like the released 512 after 256.
     """
     names = VARIANTS[patch_size].decoder_levels
     channels = iter(decoder_channels or TINY_DECODER_CHANNELS[patch_size])

@@ -14,9 +14,9 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-# The reference pipeline tokenises the templated prompt to at most 512 tokens. Qwen3 is
-# causal, so the first 512 rows of ComfyUI's longer conditioning are exactly the features
-# the reference would compute; keeping only those makes long prompts match it.
+# The reference pipeline tokenises the templated prompt to at most 512 tokens. Because
+# Qwen3 is causal, the first 512 rows of ComfyUI's longer conditioning are exactly the
+# features the reference computes, so keeping only those makes long prompts match it.
 MAX_CAPTION_TOKENS = 512
 
 # Options that change where or when a sampler applies an entry (regions, step ranges,

@@ -7,8 +7,8 @@ trained on the source (Z-Image-Turbo for the 1K file, Z-Image Base for the HR fi
 its exact meaning on the float32 blocks only. A file re-saved in one dtype loses that
 record, and then the released 1K range applies.
 
-NOTE: the storage dtypes of the HR files were not checked; where they store every block
-in one dtype, the fallback range 5–24 is a guess for them.
+NOTE: the storage dtypes of the HR files were not checked. If they store every block in
+one dtype, the fallback range 5–24 is a guess for them.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ def float32_joint_blocks(tensor_dtypes: dict[str, tuple[str, ...]]) -> tuple[int
 def shared_joint_blocks(float32_blocks: tuple[int, ...] | None, n_layers: int) -> tuple[int, ...]:
     """Return the joint blocks shared with the source model, from the file's float32 blocks.
 
-    When none or all of the joint blocks were stored in float32 (or the model records no
-    file dtypes), the dtypes carry no information, so the released 1K range 5–24 is used,
+    When none or all of the joint blocks were stored in float32, or the model records no
+    file dtypes, the dtypes carry no information. Then the released 1K range 5–24 is used,
     limited to the model's `n_layers`, and the fallback is logged.
     """
     if float32_blocks and len(float32_blocks) < n_layers:

@@ -420,7 +420,7 @@ def test_missing_blocks_are_listed_briefly(tmp_path, official_state, no_tensor_r
 
 
 def test_released_size_with_missing_blocks_is_rejected(monkeypatch, no_tensor_reads):
-    # The tiny model stands in for the released 3840-wide one, which has 30 joint blocks.
+    # The tiny model plays the released 3840-wide one, which has 30 joint blocks.
     monkeypatch.setitem(l2p_core.config.RELEASED_BLOCK_COUNTS, 128, (4, 1))
     with pytest.raises(l2p_core.CheckpointError, match="has 3 joint and 1 refiner blocks, but released L2P models"):
         l2p_core.inspect_checkpoint(OFFICIAL_1K)
@@ -471,7 +471,7 @@ def test_impossible_shard_name_is_a_single_file(tmp_path):
 def test_invalid_load_targets_are_rejected():
     with pytest.raises(ValueError, match="floating-point torch dtype"):
         l2p_core.load_model(OFFICIAL_1K, dtype=torch.int8)
-    with pytest.raises(ValueError, match="device 'meta' holds no data"):
+    with pytest.raises(ValueError, match="device 'meta' is invalid here because it stores no data"):
         l2p_core.load_model(OFFICIAL_1K, device="meta")
 
 
