@@ -40,9 +40,19 @@ class LocalDecoder(nn.Module):
             operations.Conv2d(bottleneck_in, decoder.bottleneck_out, 1, **factory), nn.SiLU()
         )
         self.out_conv = operations.Conv2d(decoder.levels[0].dec_out, decoder.out_channels, 1, **factory)
+        # Run the convolutions on channels-last (NHWC) activations, which the CPU's oneDNN
+        # and cuDNN kernels often process faster; the output is returned contiguous (NCHW).
+        self.channels_last = False
 
     def forward(self, image: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Map image [B, C, H, W] and features [B, D, h, w] on the token grid to [B, C, H, W]."""
+        if self.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+            features = features.contiguous(memory_format=torch.channels_last)
+            return self._forward(image, features).contiguous()
+        return self._forward(image, features)
+
+    def _forward(self, image: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         skips = []
         hidden = image
         for name in self.level_names:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from einops import rearrange
@@ -17,6 +19,10 @@ from .tiling import decode_tiled
 # Images with a side above this many pixels run the local decoder in tiles by default; see
 # `L2PTransformer.decoder_tile_px`.
 DEFAULT_DECODER_TILE_PX = 1024
+# Device memory the cached RoPE tables of recent input shapes may take (least recently used
+# go first). A 1024² pass needs about 2 MiB per image; a 4K canvas in 1024-px tiles reuses
+# a few dozen tile layouts every step.
+POSITION_CACHE_BYTES = 128 * 2**20
 
 
 class L2PTransformer(nn.Module):
@@ -31,6 +37,12 @@ class L2PTransformer(nn.Module):
     Linear/Conv2d/RMSNorm classes (default `torch.nn`). `decoder_tile_px` bounds the local
     decoder's activation memory: larger images are decoded in tiles of that size with a halo
     covering the decoder's receptive field (None decodes in one piece).
+
+    Speed settings, each of which leaves the result unchanged up to floating-point rounding:
+    `cache_positions` keeps the RoPE tables and masks of recent input shapes instead of
+    rebuilding them every call; inside `reuse_captions()` each distinct caption goes through
+    the caption path once instead of once per call; `local_decoder.channels_last` runs the
+    decoder's convolutions in the channels-last memory layout.
     """
 
     def __init__(self, config: L2PConfig, *, dtype: torch.dtype | None = None, device=None, operations=None) -> None:
@@ -62,6 +74,40 @@ class L2PTransformer(nn.Module):
         self.layers = blocks(config.n_layers, modulated=True)
         self.local_decoder = LocalDecoder(config.decoder, dim, operations=operations, **factory)
         self.decoder_tile_px: int | None = DEFAULT_DECODER_TILE_PX
+        self.cache_positions = True
+        self._position_cache: OrderedDict[tuple, tuple] = OrderedDict()
+        self._caption_cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def compile_blocks(self, **options) -> None:
+        """Compile each transformer block and the local decoder with `torch.compile(**options)`.
+
+        Compiling the repeated blocks one by one (regional compilation) compiles the shared
+        block code once and keeps the model's structure, state dict and hooks as they are.
+        The compiled network matches the eager one up to the rounding of fused kernels
+        (tests/test_speed.py states the tolerance).
+        """
+        for block in [*self.noise_refiner, *self.context_refiner, *self.layers]:
+            block.compile(**options)
+        self.local_decoder.compile(**options)
+
+    @contextmanager
+    def reuse_captions(self) -> Iterator[None]:
+        """Refine each distinct caption once within this block and reuse the result in later calls.
+
+        The caption embedder and context refiner do not depend on σ, so one sampling run
+        needs them once per prompt. A caption counts as seen when a cached input has the
+        same shape, dtype, device and values. The weights must not change inside the block
+        (a LoRA applied mid-run would not reach cached captions). Blocks nest; the cache is
+        dropped when the outermost one ends.
+        """
+        outermost = self._caption_cache is None
+        if outermost:
+            self._caption_cache = []
+        try:
+            yield
+        finally:
+            if outermost:
+                self._caption_cache = None
 
     def forward(
         self,
@@ -90,18 +136,13 @@ class L2PTransformer(nn.Module):
 
         image = x.to(dtype)
         image_tokens = self._embed_image(image)
-        caption_tokens, caption_lengths = self._embed_captions(context, dtype, x.device)
-        image_rope, caption_rope, joint_rope = self._positions(
+        caption_tokens, caption_lengths = self._refined_captions(context, dtype, x.device)
+        image_rope, joint_rope, joint_mask = self._positions(
             batch, rows, cols, caption_tokens.shape[1], caption_lengths, token_offsets, x.device
-        )
-        caption_mask, joint_mask = self._masks(
-            image_tokens.shape[1], caption_tokens.shape[1], caption_lengths, x.device
         )
 
         for block in self.noise_refiner:
             image_tokens = block(image_tokens, image_rope, None, adaln)
-        for block in self.context_refiner:
-            caption_tokens = block(caption_tokens, caption_rope, caption_mask)
 
         joint = torch.cat([image_tokens, caption_tokens], dim=1)
         for block in self.layers:
@@ -125,25 +166,52 @@ class L2PTransformer(nn.Module):
         pad_tokens = self.x_pad_token.to(tokens.device, tokens.dtype).expand(tokens.shape[0], pad, -1)
         return torch.cat([tokens, pad_tokens], dim=1)
 
-    def _embed_captions(
+    def _refined_captions(
         self, context: Sequence[torch.Tensor], dtype: torch.dtype, device: torch.device
     ) -> tuple[torch.Tensor, list[int]]:
-        """Embed each caption, append its pad tokens, and stack them, zero-padding to the longest.
+        """Run each caption through the caption path and stack them, zero-padding to the longest.
 
-        Everything moves to the image's device: a host that offloads small modules may keep
-        the pad tokens elsewhere.
+        Each distinct caption is refined on its own, as in a batch-1 pass, so captions of
+        different lengths need no masks in the context refiner and a caption repeated over
+        the batch (or cached by `reuse_captions`) is refined once. Everything moves to the
+        image's device: a host that offloads small modules may keep the pad tokens elsewhere.
         """
-        embedded = []
+        refined: dict[int, torch.Tensor] = {}
+        captions = []
         for features in context:
-            tokens = self.cap_embedder(features.to(device, dtype))
-            pad = -tokens.shape[0] % self.config.seq_multiple
-            embedded.append(torch.cat([tokens, self.cap_pad_token.to(tokens.device, tokens.dtype).expand(pad, -1)]))
+            if id(features) not in refined:
+                refined[id(features)] = self._refine_caption(features, dtype, device)
+            captions.append(refined[id(features)])
 
-        lengths = [len(tokens) for tokens in embedded]
-        stacked = embedded[0].new_zeros(len(embedded), max(lengths), self.config.dim)
-        for index, tokens in enumerate(embedded):
+        lengths = [len(tokens) for tokens in captions]
+        if len(set(lengths)) == 1:
+            return torch.stack(captions), lengths
+        stacked = captions[0].new_zeros(len(captions), max(lengths), self.config.dim)
+        for index, tokens in enumerate(captions):
             stacked[index, : len(tokens)] = tokens
         return stacked, lengths
+
+    def _refine_caption(self, features: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """Embed one caption [L, cap_feat_dim], append its pad tokens and run the context refiner."""
+        cache = self._caption_cache
+        if cache is not None:
+            for cached_features, tokens in cache:
+                if _same_values(cached_features, features) and tokens.dtype == dtype and tokens.device == device:
+                    return tokens
+
+        tokens = self.cap_embedder(features.to(device, dtype))
+        pad = -tokens.shape[0] % self.config.seq_multiple
+        tokens = torch.cat([tokens, self.cap_pad_token.to(tokens.device, tokens.dtype).expand(pad, -1)])
+        rope = self._rope_tables(("caption", len(tokens)), lambda: self._caption_positions(1, len(tokens)), device)
+        tokens = tokens[None]
+        for block in self.context_refiner:
+            tokens = block(tokens, rope, None)
+        tokens = tokens[0]
+
+        if cache is not None:
+            # A copy of the input, so that changing the caller's tensor in place cannot make a stale hit.
+            cache.append((features.detach().clone(), tokens))
+        return tokens
 
     def _positions(
         self,
@@ -154,42 +222,74 @@ class L2PTransformer(nn.Module):
         caption_lengths: list[int],
         token_offsets: torch.Tensor | None,
         device: torch.device,
-    ) -> tuple[RotaryTables, RotaryTables, RotaryTables]:
-        """Build the RoPE tables of the image, caption and joint sequences.
+    ) -> tuple[RotaryTables, RotaryTables, torch.Tensor | None]:
+        """Return the RoPE tables of the image and joint sequences and the joint key mask.
 
         Captions count (1 + i, 0, 0), pads included. Image tokens sit at
-        (padded caption length + 1, row, col); image pad tokens at (0, 0, 0).
+        (padded caption length + 1, row, col); image pad tokens at (0, 0, 0). The mask is
+        None when no caption of the batch is shorter than `caption_len`.
         """
-        config = self.config
-        caption_positions = torch.zeros(batch, caption_len, 3, dtype=torch.int64)
-        caption_positions[..., 0] = torch.arange(1, caption_len + 1)
-
-        grid_rows, grid_cols = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
-        image_len = rows * cols + (-rows * cols % config.seq_multiple)
-        image_positions = torch.zeros(batch, image_len, 3, dtype=torch.int64)
-        image_positions[:, : rows * cols, 0] = torch.tensor(caption_lengths)[:, None] + 1
-        image_positions[:, : rows * cols, 1] = grid_rows.flatten()
-        image_positions[:, : rows * cols, 2] = grid_cols.flatten()
+        offsets = None
         if token_offsets is not None:
-            offsets = torch.as_tensor(token_offsets, dtype=torch.int64).cpu().reshape(batch, 1, 2)
-            image_positions[:, : rows * cols, 1:] += offsets
+            offsets = torch.as_tensor(token_offsets, dtype=torch.int64).cpu().reshape(batch, 2)
+        offset_key = None if offsets is None else tuple(map(tuple, offsets.tolist()))
+        key = (batch, rows, cols, caption_len, tuple(caption_lengths), offset_key)
 
-        def tables(positions: torch.Tensor) -> RotaryTables:
-            return RotaryTables.from_positions(positions, config.axes_dims, config.rope_theta, device)
+        image_positions = self._image_positions(batch, rows, cols, caption_lengths, offsets)
+        image_rope = self._rope_tables(("image", *key), lambda: image_positions, device)
+        joint_rope = self._rope_tables(
+            ("joint", *key),
+            lambda: torch.cat([image_positions, self._caption_positions(batch, caption_len)], dim=1),
+            device,
+        )
+        return image_rope, joint_rope, self._joint_mask(image_positions.shape[1], caption_len, caption_lengths, device)
 
-        joint_positions = torch.cat([image_positions, caption_positions], dim=1)
-        return tables(image_positions), tables(caption_positions), tables(joint_positions)
+    def _image_positions(
+        self, batch: int, rows: int, cols: int, caption_lengths: list[int], offsets: torch.Tensor | None
+    ) -> torch.Tensor:
+        grid_rows, grid_cols = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+        image_len = rows * cols + (-rows * cols % self.config.seq_multiple)
+        positions = torch.zeros(batch, image_len, 3, dtype=torch.int64)
+        positions[:, : rows * cols, 0] = torch.tensor(caption_lengths)[:, None] + 1
+        positions[:, : rows * cols, 1] = grid_rows.flatten()
+        positions[:, : rows * cols, 2] = grid_cols.flatten()
+        if offsets is not None:
+            positions[:, : rows * cols, 1:] += offsets[:, None]
+        return positions
 
     @staticmethod
-    def _masks(image_len: int, caption_len: int, caption_lengths: list[int], device: torch.device):
-        """Return key masks for the caption and joint sequences, or None where no sample is padded."""
+    def _caption_positions(batch: int, caption_len: int) -> torch.Tensor:
+        positions = torch.zeros(batch, caption_len, 3, dtype=torch.int64)
+        positions[..., 0] = torch.arange(1, caption_len + 1)
+        return positions
+
+    def _rope_tables(self, key: tuple, positions, device: torch.device) -> RotaryTables:
+        """Return the RoPE tables of `positions()` on `device`, from the cache when `cache_positions` is set."""
+        config = self.config
+        if not self.cache_positions:
+            return RotaryTables.from_positions(positions(), config.axes_dims, config.rope_theta, device)
+
+        key = (*key, str(device))
+        cache = self._position_cache
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+        tables = RotaryTables.from_positions(positions(), config.axes_dims, config.rope_theta, device)
+        cache[key] = tables
+        while len(cache) > 1 and sum(_table_bytes(cached) for cached in cache.values()) > POSITION_CACHE_BYTES:
+            cache.popitem(last=False)
+        return tables
+
+    @staticmethod
+    def _joint_mask(image_len: int, caption_len: int, caption_lengths: list[int], device: torch.device):
+        """Return the key mask of the joint sequence (True for real tokens), or None where no sample is padded."""
         if all(length == caption_len for length in caption_lengths):
-            return None, None
+            return None
         caption_mask = (
             torch.arange(caption_len, device=device)[None] < torch.tensor(caption_lengths, device=device)[:, None]
         )
         image_mask = torch.ones(len(caption_lengths), image_len, dtype=torch.bool, device=device)
-        return caption_mask, torch.cat([image_mask, caption_mask], dim=1)
+        return torch.cat([image_mask, caption_mask], dim=1)
 
     def _check_inputs(self, x: torch.Tensor, sigma: torch.Tensor, context: Sequence[torch.Tensor]) -> torch.Tensor:
         config = self.config
@@ -226,3 +326,16 @@ class L2PTransformer(nn.Module):
         if sigma.shape != (batch,):
             raise ValueError(f"sigma must have shape [{batch}] (one noise level per image); got {list(sigma.shape)}.")
         return sigma
+
+
+def _same_values(cached: torch.Tensor, features: torch.Tensor) -> bool:
+    return (
+        cached.shape == features.shape
+        and cached.dtype == features.dtype
+        and cached.device == features.device
+        and torch.equal(cached, features)
+    )
+
+
+def _table_bytes(tables: RotaryTables) -> int:
+    return tables.cos.nbytes + tables.sin.nbytes

@@ -13,6 +13,7 @@ position inside the trained range and the tiles in canvas order.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -146,6 +147,10 @@ class PatchTiler:
 
     def parameters(self):
         return self.model.parameters()
+
+    def reuse_captions(self):
+        reuse = getattr(self.model, "reuse_captions", None)
+        return reuse() if reuse is not None else contextlib.nullcontext()
 
     def tiles_for(self, height: int, width: int) -> list[Tile]:
         config = self.config

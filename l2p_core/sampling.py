@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import operator
@@ -37,18 +38,27 @@ def draw_noise(seed: int, shape: Sequence[int]) -> torch.Tensor:
     return torch.randn(tuple(shape), generator=generator, dtype=torch.float32)
 
 
-def guided_velocity(model, positive: list[torch.Tensor], negative: list[torch.Tensor], cfg: float) -> VelocityFunction:
+def guided_velocity(
+    model, positive: list[torch.Tensor], negative: list[torch.Tensor], cfg: float, *, batch_branches: bool = False
+) -> VelocityFunction:
     """Return v = v_neg + cfg·(v_pos − v_neg), with the negative pass skipped at cfg 1.
 
-    The two branches run as separate passes, as in the reference pipeline.
+    The branches run as separate passes, as in the reference pipeline, or with
+    `batch_branches` as one pass on a batch twice as large. Each caption keeps its own pad
+    tokens attended and only the batch padding is masked, so both ways give the same
+    velocity up to floating-point rounding.
     """
 
     def velocity(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         sigmas = sigma.expand(x.shape[0])
-        v_pos = model(x, sigmas, positive).float()
         if cfg == 1.0:
-            return v_pos
-        v_neg = model(x, sigmas, negative).float()
+            return model(x, sigmas, positive).float()
+        if batch_branches:
+            both = model(torch.cat([x, x]), sigmas.repeat(2), [*positive, *negative]).float()
+            v_pos, v_neg = both.chunk(2)
+        else:
+            v_pos = model(x, sigmas, positive).float()
+            v_neg = model(x, sigmas, negative).float()
         return v_neg + cfg * (v_pos - v_neg)
 
     return velocity
@@ -119,6 +129,7 @@ def sample(
     tile_guide_denoise: float = DEFAULT_GUIDE_DENOISE,
     tile_progress: Callable[[int, int], None] | None = None,
     mask: torch.Tensor | None = None,
+    batch_cfg: bool | None = None,
 ) -> torch.Tensor:
     """Generate images [B, 3, height, width] in [-1, 1] (float32, clamped) on the model's device.
 
@@ -147,6 +158,10 @@ def sample(
     callback's x₀ takes the known pixels from `init_image`. The returned pixels outside the
     mask are close to `init_image` but not equal to it; `l2p_core.editing` composites them
     back exactly.
+
+    `batch_cfg` runs the positive and negative passes as one batch (see `guided_velocity`);
+    None batches them on CUDA devices and runs them one after the other elsewhere. Batching
+    needs activation memory for twice the batch.
     """
     config = model.config
     width, height = _whole_number(width, "width"), _whole_number(height, "height")
@@ -177,6 +192,9 @@ def sample(
 
     parameter = next(model.parameters())
     device = parameter.device if device is None else torch.device(device)
+    # NOTE: batching on CUDA is the default on the expectation that larger matrix products
+    # use the GPU better; the GPU benchmark (benchmarks/gpu_figures.py) measures both ways.
+    batch_cfg = device.type == "cuda" if batch_cfg is None else bool(batch_cfg)
     network = model
     if tile_size is not None:
         overlap = default_tile_overlap(tile_size, config.size_multiple) if tile_overlap is None else tile_overlap
@@ -184,7 +202,7 @@ def sample(
             model, tile_px=tile_size, overlap_px=overlap, batch_size=tile_batch_size, cancel_check=cancel_check
         )
         tiles = len(network.tiles_for(height, width))
-        passes = 1 if cfg == 1.0 else 2
+        passes = 1 if cfg == 1.0 or batch_cfg else 2
         guide_calls = steps * passes if tiles > 1 and init_image is None else 0
         counter = _ProgressCounter(guide_calls + tiles * steps * passes, tile_progress)
         network.progress = counter.advance
@@ -192,7 +210,7 @@ def sample(
         if guide_calls:
             init_image = _guide_image(
                 _CountingModel(model, counter), positive, negative, width, height, seed, steps, cfg, shift,
-                tile_size, callback, cancel_check, device,
+                tile_size, callback, cancel_check, device, batch_cfg,
             )  # fmt: skip
             denoise = tile_guide_denoise
 
@@ -210,13 +228,22 @@ def sample(
             impose = _known_region_imposer(clean, noise, repaint)
             callback = _composited_preview(callback, clean, repaint)
 
-    with torch.inference_mode():
-        velocity = guided_velocity(network, positive, negative, cfg)
+    with torch.inference_mode(), _reusing_captions(model):
+        velocity = guided_velocity(network, positive, negative, cfg, batch_branches=batch_cfg)
         x = euler(
             velocity, x, sigmas, callback=callback, cancel_check=cancel_check, model_dtype=parameter.dtype,
             impose=impose,
         )  # fmt: skip
     return x.clamp(-1.0, 1.0)
+
+
+def _reusing_captions(model):
+    """Return the network's `reuse_captions()` block, or a no-op one for a model without it.
+
+    A host wrapper around the network passes the block on through `reuse_captions` too.
+    """
+    reuse = getattr(model, "reuse_captions", None)
+    return reuse() if reuse is not None else contextlib.nullcontext()
 
 
 def _known_region_imposer(clean: torch.Tensor, noise: torch.Tensor, repaint: torch.Tensor):
@@ -259,7 +286,20 @@ def default_tile_overlap(tile_px: int, multiple: int) -> int:
 
 
 def _guide_image(
-    model, positive, negative, width, height, seed, steps, cfg, shift, tile_size, callback, cancel_check, device
+    model,
+    positive,
+    negative,
+    width,
+    height,
+    seed,
+    steps,
+    cfg,
+    shift,
+    tile_size,
+    callback,
+    cancel_check,
+    device,
+    batch_cfg,
 ) -> torch.Tensor:
     """Generate the canvas's layout at about one tile's area, then upscale it to the canvas (bicubic)."""
     multiple = model.config.size_multiple
@@ -269,6 +309,7 @@ def _guide_image(
     guide = sample(
         model, positive, negative, width=guide_width, height=guide_height, seed=seed, steps=steps, cfg=cfg,
         shift=shift, callback=callback, batch_size=len(positive), cancel_check=cancel_check, device=device,
+        batch_cfg=batch_cfg,
     )  # fmt: skip
     logger.info("Tiled sampling: guide generated at %d×%d for a %d×%d canvas", guide_width, guide_height, width, height)
     upscaled = F.interpolate(guide, size=(height, width), mode="bicubic", align_corners=False)
@@ -297,6 +338,9 @@ class _CountingModel:
 
     def parameters(self):
         return self.model.parameters()
+
+    def reuse_captions(self):
+        return _reusing_captions(self.model)
 
     def __call__(self, x, sigma, context):
         velocity = self.model(x, sigma, context)

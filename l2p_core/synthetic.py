@@ -85,6 +85,18 @@ def tiny_config(
     )
 
 
+def released_1k_config() -> L2PConfig:
+    """Return the configuration of the released 1K model (model-1k-merge.safetensors), from its tensor shapes.
+
+    dim 3840, 30 heads, 30 joint and 2 + 2 refiner blocks, 2560-wide captions and a
+    64/128/256/512-channel local decoder: 6.17 B parameters. For benchmarks with random
+    weights of the real size.
+    """
+    return tiny_config(
+        dim=3840, n_heads=30, n_layers=30, n_refiner_layers=2, cap_feat_dim=2560, decoder_channels=(64, 128, 256, 512)
+    )
+
+
 def random_state_dict(
     config: L2PConfig, *, seed: int = 0, dtype: torch.dtype = torch.bfloat16
 ) -> dict[str, torch.Tensor]:

@@ -88,6 +88,9 @@ class HostNetwork:
     def parameters(self):
         return self.network.parameters()
 
+    def reuse_captions(self):
+        return self.network.reuse_captions()
+
     def __call__(self, x, sigma, context, **kwargs):
         try:
             return self.network(x, sigma, context, **kwargs)
