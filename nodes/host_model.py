@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from pathlib import Path
 
 import comfy.latent_formats
@@ -25,6 +26,7 @@ import torch
 from ..l2p_core import inspect_checkpoint
 from .diffusion_model import L2PDiffusionModel
 from .lora_blocks import float32_joint_blocks
+from .lora_host_log import observe_state_dict_call
 from .lora_patches import l2p_patcher_class
 from .memory_estimate import activation_bytes
 from .tiled_model import tiling_for_estimate
@@ -87,6 +89,13 @@ class L2PModel(comfy.model_base.Lumina2):
     def __init__(self, model_config, model_type=comfy.model_base.ModelType.FLOW, device=None):
         comfy.model_base.BaseModel.__init__(self, model_config, model_type, device=device, unet_model=L2PDiffusionModel)
         self.memory_usage_factor_conds = ()
+
+    def state_dict(self, *args, **kwargs):
+        # The host's LoRA loaders call this first (in `comfy.lora.model_lora_keys_unet`) and
+        # then drop the LoRA tensors their key map lacks. This opens the observation that lets
+        # the patcher count those tensors (see lora_host_log). The returned dict is unchanged.
+        observe_state_dict_call(self, sys._getframe(1))
+        return super().state_dict(*args, **kwargs)
 
     def process_timestep(self, timestep, **kwargs):
         # The network takes σ. ComfyUI passes σ·multiplier, which is σ with the built-in

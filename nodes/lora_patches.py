@@ -7,11 +7,12 @@ it. The latent patch embedder shares the name `x_embedder` but takes 64 values p
 (2×2 latent patches of 16 channels), while L2P's takes 768 (16×16 RGB patches). The host
 adds a patch for the second kind and fails on it at every load with an ERROR line, so
 the L2P patcher drops such patches when they are added. The host's loader then logs
-each dropped one as "NOT LOADED", and this module adds one summary line.
+each dropped one as "NOT LOADED".
 
-NOTE: with ComfyUI's own names (`diffusion_model.final_layer...`) the host's key map has no
-entry for a final layer L2P lacks, so the host drops those tensors before any patch is
-added. The host logs each as "lora key not loaded", and the summary does not count them.
+Final-layer tensors with ComfyUI's own names (`diffusion_model.final_layer...`) never
+become patches: the host's key map has no entry for a layer L2P lacks, so
+`comfy.lora.load_lora` drops them and logs each as "lora key not loaded". The patcher
+takes those keys from `lora_host_log` and counts them in the same summary line.
 
 This module imports ComfyUI's model code, so the nodes import it only when they run.
 """
@@ -25,6 +26,8 @@ import uuid
 import comfy.weight_adapter
 
 from .lora_blocks import describe_blocks
+from .lora_host_log import take_dropped_lora_keys
+from .lora_skips import SkippedPatch, summarize_skipped
 
 logger = logging.getLogger(__name__)
 
@@ -36,25 +39,42 @@ class L2PPatchChecks:
 
     Other patches (LoHa, LoKr, GLoRA, LoRAs with a mid factor or a reshape) pass through unchecked
     because their update shape is not known before the host computes it.
+
+    NOTE: the host's debugging nodes LoraLoaderBypass and LoraLoaderBypassModelOnly inject
+    LoRA adapters without add_patches, so neither this check nor the summary applies to them.
+    Nothing in the tests runs them on L2P.
     """
 
     def add_patches(self, patches, strength_patch=1.0, strength_model=1.0):
+        dropped_keys = take_dropped_lora_keys(self.model) or []
         state = self.model.state_dict()
         fitting, misfits = {}, []
         for key, patch in patches.items():
-            name, offset = (key, None) if isinstance(key, str) else (key[0], key[1])
+            name, offset = weight_name(key), (None if isinstance(key, str) else key[1])
             if name in state and not patch_fits(patch, state[name], offset):
-                misfits.append(name)
+                misfits.append(misfit(name, patch, state[name]))
             else:
                 fitting[key] = patch
 
         added = super().add_patches(fitting, strength_patch, strength_model)
 
-        added_names = {key if isinstance(key, str) else key[0] for key in added}
-        absent = sorted({key if isinstance(key, str) else key[0] for key in fitting} - added_names)
-        if misfits or absent:
-            logger.warning(summarize_skipped(len(patches), sorted(misfits), absent))
+        # Keys outside `diffusion_model.` are the text encoder's when LoraLoader gets a CLIP too.
+        added_keys = set(added)
+        absent = [
+            SkippedPatch(weight_name(key), lora_tensor_count(patch))
+            for key, patch in fitting.items()
+            if key not in added_keys and weight_name(key).startswith("diffusion_model.")
+        ]
+        applied = sum(lora_tensor_count(patches[key]) for key in added_keys)
+        summary = summarize_skipped(applied, misfits, absent, dropped_keys)
+        if summary:
+            logger.warning(summary)
         return added
+
+
+def weight_name(key) -> str:
+    """Return the model key of a patch key, which is the key itself or (key, offset[, function])."""
+    return key if isinstance(key, str) else key[0]
 
 
 def patch_fits(patch, weight, offset) -> bool:
@@ -74,28 +94,27 @@ def patch_fits(patch, weight, offset) -> bool:
     return True
 
 
-def summarize_skipped(total: int, misfits: list[str], absent: list[str]) -> str:
-    """Return the one log line that counts the skipped LoRA patches and gives the reason for each kind."""
-    reasons = []
-    if misfits:
-        reasons.append(
-            f"{len(misfits)} with a shape that differs from L2P's weight ({', '.join(misfits)}); a latent "
-            "Z-Image x_embedder takes 64 values per token, L2P's pixel x_embedder 768"
-        )
-    if absent:
-        final_layer = [name for name in absent if ".final_layer." in name]
-        other = [name for name in absent if ".final_layer." not in name]
-        if final_layer:
-            reasons.append(
-                f"{len(final_layer)} aimed at the latent final layer, which L2P replaces with its local decoder"
-            )
-        if other:
-            reasons.append(f"{len(other)} aimed at weights L2P does not have ({', '.join(other)})")
-    return (
-        f"L2P: {len(misfits) + len(absent)} of {total} LoRA patches skipped, the rest applied: "
-        + "; ".join(reasons)
-        + ". ComfyUI logs each skipped key as NOT LOADED."
-    )
+def misfit(name: str, patch, weight) -> SkippedPatch:
+    """Describe a patch that `patch_fits` rejected, with the values per row of its update and of `weight`."""
+    if isinstance(patch, comfy.weight_adapter.LoRAAdapter):
+        input_width = patch.weights[1][0].numel()
+    else:
+        input_width = patch[1][0][0].numel()
+    return SkippedPatch(name, lora_tensor_count(patch), input_width, weight[0].numel())
+
+
+def lora_tensor_count(patch) -> int:
+    """Return the number of LoRA file tensors behind one patch.
+
+    A weight adapter keeps one entry per tensor it read (up, down, alpha, mid, DoRA scale,
+    reshape for a LoRA), None for the absent ones. A ("diff", (tensor,)) or ("set", …)
+    patch contains one.
+    """
+    if isinstance(patch, comfy.weight_adapter.WeightAdapterBase):
+        return sum(item is not None for item in patch.weights)
+    if isinstance(patch, tuple) and len(patch) == 2 and isinstance(patch[1], tuple):
+        return len(patch[1])
+    return 1
 
 
 _PATCHER_CLASSES: dict[type, type] = {}

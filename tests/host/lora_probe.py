@@ -26,6 +26,7 @@ ALPHA = 2.0
 N_LAYERS = 4
 # Joint blocks the probe's checkpoint stores in float32, as the released file stores 5–24.
 SHARED_BLOCKS = range(1, 3)
+UNKNOWN_STEM = "caption_projector.0"
 
 
 class LogRecords(logging.Handler):
@@ -71,9 +72,10 @@ def build_z_image_lora(torch, generator, naming: tuple, dim: int, hidden: int, a
     """Return one Z-Image LoRA in `naming`, its expected patches and its latent-only keys.
 
     It covers a joint block's attention, output projection and feed-forward, the same in a
-    noise and a context refiner block, and another joint block's adaLN. Two more tensors aim
-    at latent Z-Image parts L2P does not have in that shape: the final layer and the 64-wide
-    patch embedder.
+    noise and a context refiner block, and another joint block's adaLN. Two more targets
+    (up, down and alpha each) aim at latent Z-Image parts L2P does not have in that shape:
+    the final layer and the 64-wide patch embedder. A last one (up and down) aims at a
+    module neither model has.
     """
     prefix, up_name, down_name, fused = naming
     lora, expected = {}, []
@@ -104,7 +106,13 @@ def build_z_image_lora(torch, generator, naming: tuple, dim: int, hidden: int, a
         up, down = lora_pair(torch, generator, out_features, in_features)
         lora[f"{prefix}{stem}.{up_name}"] = up
         lora[f"{prefix}{stem}.{down_name}"] = down
+        lora[f"{prefix}{stem}.alpha"] = torch.tensor(ALPHA)
         latent_only.append(f"{prefix}{stem}")
+
+    # A target that neither L2P nor latent Z-Image has, without an alpha.
+    up, down = lora_pair(torch, generator, dim, dim)
+    lora[f"{prefix}{UNKNOWN_STEM}.{up_name}"] = up
+    lora[f"{prefix}{UNKNOWN_STEM}.{down_name}"] = down
     return lora, expected, latent_only
 
 
@@ -221,7 +229,11 @@ def main() -> None:
         records.messages.clear()
         patched_model, _ = comfy.sd.load_lora_for_models(model, None, lora, STRENGTH, 0)
         report["formats"][name] = patch_and_compare(torch, model, patched_model, originals, expected)
-        report["formats"][name] |= {"latent_only": latent_only, "log": list(records.messages)}
+        report["formats"][name] |= {
+            "latent_only": latent_only,
+            "log": list(records.messages),
+            "root_filters_after": [type(item).__name__ for item in logging.getLogger().filters],
+        }
 
     # Shared-blocks mode on a LoRA that also patches the refiners: only the joint blocks
     # stored in float32 (SHARED_BLOCKS) keep their patches.
@@ -236,6 +248,8 @@ def main() -> None:
         "unscoped_keys": sorted(patched_model.patches),
         "log": list(records.messages),
     }
+    # The state_dict override that observes LoRA loads must not change the model's keys.
+    report["state_dict_keys_unchanged"] = sorted(model.model.state_dict()) == sorted(originals)
     print("REPORT " + json.dumps(report))
 
 

@@ -67,31 +67,66 @@ def test_unpatch_restores_weights_exactly(report, lora_format):
     assert report["formats"][lora_format]["not_restored"] == []
 
 
+# Per format: the LoRA tensors applied (up, down and alpha of each fitting target) and the
+# names of the probe's unknown target's up and down tensors.
+UNKNOWN = "caption_projector.0"
+SUMMARY_CASES = {
+    "comfyui": (30, f"diffusion_model.{UNKNOWN}.lora_up.weight", f"diffusion_model.{UNKNOWN}.lora_down.weight"),
+    "diffusers": (48, f"transformer.{UNKNOWN}.lora_B.weight", f"transformer.{UNKNOWN}.lora_A.weight"),
+    "diffsynth": (48, f"{UNKNOWN}.lora_B.weight", f"{UNKNOWN}.lora_A.weight"),
+}
+
+
+def skip_summaries(log: list[str]) -> list[str]:
+    return [line for line in log if line.startswith("WARNING L2P: skipped")]
+
+
 @pytest.mark.parametrize("lora_format", Z_IMAGE_FORMATS)
-def test_latent_only_keys_skipped_with_summary(report, lora_format):
+def test_skip_summary_counts_every_tensor(report, lora_format):
+    applied, unknown_up, unknown_down = SUMMARY_CASES[lora_format]
+    expected = (
+        f"WARNING L2P: skipped 8 LoRA tensors and applied the other {applied}. "
+        "Latent final layer: 3 (L2P decodes with its local decoder instead). "
+        "Latent patch embedder: 3 (64 wide, L2P's is 768). "
+        f"Unknown: 2 (no weight of that name in L2P or latent Z-Image: {unknown_up}, {unknown_down}). "
+        'ComfyUI also logs each skipped key, as "lora key not loaded" or "NOT LOADED".'
+    )
+    assert skip_summaries(report["formats"][lora_format]["log"]) == [expected]
+
+
+@pytest.mark.parametrize("lora_format", Z_IMAGE_FORMATS)
+def test_host_still_logs_skipped_keys(report, lora_format):
     log = report["formats"][lora_format]["log"]
-    summaries = [line for line in log if "L2P:" in line and "LoRA patches skipped" in line]
-    assert len(summaries) == 1, log
-    assert "x_embedder takes 64 values per token" in summaries[0]
+    _applied, unknown_up, unknown_down = SUMMARY_CASES[lora_format]
+    assert f"WARNING lora key not loaded: {unknown_up}" in log
+    assert f"WARNING lora key not loaded: {unknown_down}" in log
+    assert "WARNING NOT LOADED diffusion_model.x_embedder.weight" in log
     assert [line for line in log if line.startswith("ERROR")] == []
-    assert "NOT LOADED diffusion_model.x_embedder.weight" in " ".join(log)
+
+
+def test_comfyui_final_layer_dropped_by_host(report):
+    # With ComfyUI names the host's key map has no entry for a final layer L2P lacks, so
+    # `comfy.lora.load_lora` drops these tensors and logs each, before any patch exists.
+    log = report["formats"]["comfyui"]["log"]
+    for suffix in ("lora_up.weight", "lora_down.weight", "alpha"):
+        assert f"WARNING lora key not loaded: diffusion_model.final_layer.linear.{suffix}" in log
 
 
 @pytest.mark.parametrize("lora_format", ("diffusers", "diffsynth"))
-def test_latent_final_layer_counted(report, lora_format):
+def test_mapped_final_layer_not_loaded(report, lora_format):
+    # diffusers and DiffSynth names are in the key map, so the final layer becomes a patch
+    # on a weight L2P lacks, which the host logs as NOT LOADED.
     log = report["formats"][lora_format]["log"]
-    summary = next(line for line in log if "LoRA patches skipped" in line)
-    assert "2 of 18 LoRA patches skipped" in summary
-    assert "1 aimed at the latent final layer" in summary
     assert "WARNING NOT LOADED diffusion_model.final_layer.linear.weight" in log
 
 
-def test_comfyui_final_layer_logged_by_host(report):
-    # With ComfyUI names the host's key map has no entry for a final layer L2P lacks, so
-    # the host drops those tensors before the pack receives them and logs each one.
-    log = report["formats"]["comfyui"]["log"]
-    assert "WARNING lora key not loaded: diffusion_model.final_layer.linear.lora_up.weight" in log
-    assert "WARNING lora key not loaded: diffusion_model.final_layer.linear.lora_down.weight" in log
+@pytest.mark.parametrize("lora_format", ALL_FORMATS)
+def test_log_observation_closed_after_load(report, lora_format):
+    assert "DroppedLoraKeys" not in report["formats"][lora_format]["root_filters_after"]
+
+
+def test_state_dict_keys_unchanged(report):
+    assert report["state_dict_keys_unchanged"] is True
 
 
 def test_l2p_parts_lora_loads_without_warnings(report):
