@@ -44,23 +44,24 @@ def shared_joint_blocks(float32_blocks: tuple[int, ...] | None, n_layers: int) -
 
     When none or all of the joint blocks were stored in float32, or the model records no
     file dtypes, the dtypes carry no information. Then the released 1K range 5–24 is used,
-    limited to the model's `n_layers`, and the fallback is logged.
+    limited to the model's `n_layers`, and a warning gives the reason.
     """
     if float32_blocks and len(float32_blocks) < n_layers:
         return tuple(float32_blocks)
 
     fallback = tuple(block for block in RELEASED_SHARED_BLOCKS if block < n_layers)
     if float32_blocks is None:
-        found = "records no checkpoint dtypes"
+        reason = "the model records no checkpoint dtypes (it was not loaded by the L2P Model Loader)"
     elif float32_blocks:
-        found = "stores every joint block in float32"
+        reason = "the checkpoint stores every joint block in float32, so its dtypes do not show the frozen blocks"
     else:
-        found = "stores no joint block in float32"
-    logger.info(
-        "L2P LoRA Scope: the checkpoint %s, so the shared blocks cannot be read from it; using the "
-        "released 1K file's frozen blocks %s.",
-        found,
+        reason = "the checkpoint stores no joint block in float32, so its dtypes do not show the frozen blocks"
+    logger.warning(
+        "L2P LoRA Scope: using the fallback shared blocks %s because %s. They are the blocks frozen "
+        "in the released 1K file (model-1k-merge.safetensors); whether they are the frozen blocks of "
+        "this file is not known. Choose 'all blocks' to keep every LoRA patch.",
         describe_blocks(fallback),
+        reason,
     )
     return fallback
 

@@ -31,8 +31,9 @@ class L2PLoraScope(io.ComfyNode):
                     default=SHARED_BLOCKS,
                     tooltip=(
                         "shared blocks only: keep the patches on the joint blocks stored in float32 in the "
-                        "checkpoint (the blocks frozen during the transfer; 5–24 when the file does not show "
-                        "them) and drop all others. all blocks: keep every patch, as the LoRA loader applied it."
+                        "checkpoint (the blocks frozen during the transfer) and drop all others. When the file's "
+                        "dtypes do not show those blocks, it uses 5–24, the released 1K file's, and logs a "
+                        "warning. all blocks: keep every patch, as the LoRA loader applied it."
                     ),
                 ),
             ],

@@ -39,14 +39,27 @@ def test_shared_blocks_follow_file(lora_blocks):
 
 @pytest.mark.parametrize(
     ("float32_blocks", "reason"),
-    [(None, "records no checkpoint dtypes"), ((), "stores no joint block"), (tuple(range(30)), "stores every")],
+    [
+        (None, "records no checkpoint dtypes (it was not loaded by the L2P Model Loader)"),
+        ((), "stores no joint block in float32, so its dtypes do not show the frozen blocks"),
+        (tuple(range(30)), "stores every joint block in float32, so its dtypes do not show the frozen blocks"),
+    ],
 )
-def test_shared_blocks_fallback_logged(lora_blocks, caplog, float32_blocks, reason):
+def test_shared_blocks_fallback_warns(lora_blocks, caplog, float32_blocks, reason):
     with caplog.at_level(logging.INFO):
         blocks = lora_blocks.shared_joint_blocks(float32_blocks, 30)
     assert blocks == tuple(range(5, 25))
-    assert reason in caplog.text
-    assert "5–24" in caplog.text
+    assert [record.levelname for record in caplog.records] == ["WARNING"]
+    message = caplog.records[0].getMessage()
+    assert message.startswith("L2P LoRA Scope: using the fallback shared blocks 5–24 because ")
+    assert reason in message
+    assert "whether they are the frozen blocks of this file is not known" in message
+
+
+def test_shared_blocks_from_file_not_logged(lora_blocks, caplog):
+    with caplog.at_level(logging.INFO):
+        lora_blocks.shared_joint_blocks((1, 2), 4)
+    assert caplog.records == []
 
 
 def test_fallback_limited_to_model_depth(lora_blocks):
