@@ -102,21 +102,38 @@ def random_state_dict(
 ) -> dict[str, torch.Tensor]:
     """Return random weights under canonical names, scaled so activations stay in a sane range."""
     generator = torch.Generator().manual_seed(seed)
-    state = {}
-    for name, shape in expected_shapes(config).items():
-        noise = torch.randn(shape, generator=generator)
-        if name.endswith("_pad_token"):
-            tensor = 0.5 * noise
-        elif "norm" in name or name == "cap_embedder.0.weight":
-            tensor = 1 + 0.1 * noise
-        elif name.endswith(".bias"):
-            tensor = 0.02 * noise
-        elif len(shape) == 4:
-            tensor = noise * math.sqrt(2 / math.prod(shape[1:])) * (0.2 if "out_conv" in name else 1.0)
-        else:
-            tensor = noise / math.sqrt(shape[1])
-        state[name] = tensor.to(dtype)
-    return state
+    return {
+        name: _random_tensor(name, shape, generator, "cpu").to(dtype) for name, shape in expected_shapes(config).items()
+    }
+
+
+@torch.no_grad()
+def randomize_(model: torch.nn.Module, *, seed: int = 0) -> torch.nn.Module:
+    """Fill a network's parameters in place with random weights scaled as in `random_state_dict`.
+
+    Each tensor is drawn on its own device, so a full-size network built on a GPU gets its
+    weights there without a 25 GB float32 detour through CPU memory.
+    """
+    generators: dict[torch.device, torch.Generator] = {}
+    for name, parameter in model.named_parameters():
+        device = parameter.device
+        if device not in generators:
+            generators[device] = torch.Generator(device).manual_seed(seed)
+        parameter.copy_(_random_tensor(name, tuple(parameter.shape), generators[device], device))
+    return model
+
+
+def _random_tensor(name: str, shape: tuple[int, ...], generator: torch.Generator, device) -> torch.Tensor:
+    noise = torch.randn(shape, generator=generator, device=device)
+    if name.endswith("_pad_token"):
+        return 0.5 * noise
+    if "norm" in name or name == "cap_embedder.0.weight":
+        return 1 + 0.1 * noise
+    if name.endswith(".bias"):
+        return 0.02 * noise
+    if len(shape) == 4:
+        return noise * math.sqrt(2 / math.prod(shape[1:])) * (0.2 if "out_conv" in name else 1.0)
+    return noise / math.sqrt(shape[1])
 
 
 def to_official_layout(
