@@ -4,7 +4,12 @@ ComfyUI imports this file from custom_nodes/ and calls `comfy_entrypoint`. The p
 defines no NODE_CLASS_MAPPINGS, because ComfyUI would then take the V1 path and never call
 the entrypoint. Importing this file imports nothing, so tools that import the repository
 root as a package outside ComfyUI (pytest does) work without the host.
+
+WEB_DIRECTORY is served at /extensions/<folder name>/; the frontend's node help panel reads
+web/docs/<node id>.md from there.
 """
+
+WEB_DIRECTORY = "web"
 
 
 async def comfy_entrypoint():
