@@ -24,6 +24,7 @@ import comfy.supported_models_base
 import torch
 
 from ..l2p_core import inspect_checkpoint
+from .caption_reuse import add_caption_reuse
 from .diffusion_model import L2PDiffusionModel
 from .lora_blocks import float32_joint_blocks
 from .lora_host_log import observe_state_dict_call
@@ -183,6 +184,7 @@ def load_l2p_patcher(path: str, weight_dtype: str = "default", disable_dynamic: 
         model.to(offload_device)
     load_weights(model.diffusion_model, info, storage, assign=patcher.is_dynamic())
     patcher.cached_patcher_init = (load_l2p_patcher, (path, weight_dtype))
+    add_caption_reuse(patcher)
 
     logger.info(
         "L2P %s loaded from %s: %.2fB parameters stored in %s, computed in %s, on %s",
