@@ -11,8 +11,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .block_streaming import BlockStreamer, check_resident_blocks
 from .config import L2PConfig, config_from_checkpoint, expected_shapes
 from .errors import CheckpointError
+from .fp8 import FP8_STORAGE, NonFiniteWeightError, quantise_fp8, replace_with_fp8_layers
 from .layouts import CanonicalSource, CheckpointLayout, identify_checkpoint
 from .network import L2PTransformer
 from .safetensors_files import TensorReader, read_tensor_entries
@@ -56,12 +58,21 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     operations=None,
     progress: Callable[[int, int], None] | None = None,
+    weight_storage: str | None = None,
+    resident_blocks: int | None = None,
 ) -> L2PTransformer:
     """Load an L2P checkpoint (official or ComfyUI layout, single file or shards) for inference.
 
     Each tensor is read through the file mapping, cast to `dtype` and placed on `device`, so
     resident memory grows by little more than the loaded model. `progress(done, total)` is
     called after each tensor.
+
+    Low-VRAM options: `weight_storage="fp8_e4m3fn"` stores the blocks' attention and
+    feed-forward weights in float8 with a per-tensor scale and computes in `dtype` (see
+    `l2p_core.fp8`); each weight is quantised straight from the file mapping. With
+    `resident_blocks` N, the transformer blocks are kept in CPU memory and streamed to
+    `device` with at most N there at once (see `l2p_core.block_streaming`); the streamer is
+    `model.block_streamer`.
     """
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating-point torch dtype such as torch.bfloat16; got {dtype!r}.")
@@ -69,18 +80,34 @@ def load_model(
         raise ValueError(
             "device 'meta' is invalid here because it stores no data; load onto 'cpu' or a GPU such as 'cuda'."
         )
+    if weight_storage not in (None, FP8_STORAGE):
+        raise ValueError(f"weight_storage must be None (weights in dtype) or '{FP8_STORAGE}'; got {weight_storage!r}.")
+    if weight_storage is not None and operations is not None:
+        raise ValueError(
+            f"weight_storage '{weight_storage}' replaces the blocks' Linear layers with l2p_core's Float8Linear, "
+            "so it cannot be combined with custom operations. A host with casting operations stores fp8 itself."
+        )
+    if resident_blocks is not None:
+        check_resident_blocks(resident_blocks)
     info = inspect_checkpoint(path)
     config = info.config
 
     with torch.device("meta"):
         model = L2PTransformer(config, dtype=dtype, operations=operations)
-    _load_weights(model, info.layout, torch.device(device), dtype, progress)
+    fp8_weights = {f"{name}.weight" for name in replace_with_fp8_layers(model)} if weight_storage else set()
+    load_device = torch.device("cpu") if resident_blocks is not None else torch.device(device)
+    _load_weights(model, info.layout, load_device, dtype, progress, fp8_weights)
     model.eval()
+    if resident_blocks is not None:
+        BlockStreamer(model, device, resident_blocks=resident_blocks).attach()
 
     logger.info(
-        "Loaded L2P %s (%s layout, %.2fB parameters, dim %d, %d layers, patch %d) as %s on %s from %s",
+        "Loaded L2P %s (%s layout, %.2fB parameters, dim %d, %d layers, patch %d) as %s%s on %s%s from %s",
         config.variant, info.layout.layout, info.parameter_count / 1e9, config.dim, config.n_layers,
-        config.patch_size, str(dtype).removeprefix("torch."), device, info.layout.path,
+        config.patch_size, str(dtype).removeprefix("torch."),
+        f" with {len(fp8_weights)} block weights in {weight_storage}" if fp8_weights else "", device,
+        f", streaming {resident_blocks} block(s) at a time from CPU memory" if resident_blocks is not None else "",
+        info.layout.path,
     )  # fmt: skip
     return model
 
@@ -127,11 +154,13 @@ def _load_weights(
     device: torch.device,
     dtype: torch.dtype,
     progress: Callable[[int, int], None] | None,
+    fp8_weights: set[str] = frozenset(),
 ) -> None:
     """Read every tensor, then hand them to `load_state_dict(assign=True)`.
 
     The state dict contains the same tensors the model keeps, so this costs no extra
     memory. Layer classes from `operations` get their usual `_load_from_state_dict` hooks.
+    Weights named in `fp8_weights` are quantised to float8 and their layers get the scale.
     """
     names = list(model.state_dict())
     foreign = [name for name in names if name not in layout.tensors]
@@ -141,12 +170,19 @@ def _load_weights(
             "The layer classes passed as `operations` must not add parameters or buffers."
         )
     state = {}
+    scales = {}
     with TensorReader() as reader:
         for done, name in enumerate(names, start=1):
-            state[name] = _materialise(reader, layout.tensors[name], device, dtype)
+            source = layout.tensors[name]
+            if name in fp8_weights:
+                state[name], scales[name] = _quantise(reader, source, device, layout.path)
+            else:
+                state[name] = _materialise(reader, source, device, dtype)
             if progress is not None:
                 progress(done, len(names))
     model.load_state_dict(state, strict=True, assign=True)
+    for name, scale in scales.items():
+        model.get_submodule(name.removesuffix(".weight")).weight_scale = scale
 
     leftover = [name for name, tensor in (*model.named_parameters(), *model.named_buffers()) if tensor.is_meta]
     if leftover:
@@ -171,6 +207,17 @@ def _materialise(
         fused[row : row + part.shape[0]].copy_(reader.read(part))
         row += part.shape[0]
     return fused
+
+
+def _quantise(
+    reader: TensorReader, source: CanonicalSource, device: torch.device, path: Path
+) -> tuple[torch.Tensor, float]:
+    """Quantise one canonical weight (split q/k/v as one tensor) to float8 straight from the file mapping."""
+    parts = [reader.read(part) for part in source.parts]
+    try:
+        return quantise_fp8(parts, name=" + ".join(part.name for part in source.parts), device=device)
+    except NonFiniteWeightError as error:
+        raise CheckpointError(f"'{path}': {error}") from error
 
 
 def _listing(names: list[str], limit: int = 8) -> str:
