@@ -38,8 +38,11 @@ class L2PModelLoader(io.ComfyNode):
                     tooltip=(
                         "Storage type of the weights. default: ComfyUI chooses for the device (bf16 on "
                         "recent GPUs, 12 GB for the 1K model). fp16: same memory as bf16, stopped with an "
-                        "error if values overflow. fp32: exact, about 25 GB. fp8_*: 6 GB, computed in bf16 or "
-                        "fp32; _fast uses fp8 matrix multiplication where the GPU supports it."
+                        "error if values overflow. fp32: exact, about 25 GB. fp8_*: 6 GB, each layer cast to "
+                        "bf16 or fp32 when it runs; _fast uses fp8 matrix multiplication where the GPU supports "
+                        "it. Weights that do not fit in VRAM stay in RAM and ComfyUI copies them in layer by "
+                        "layer: slower, but by estimate 8 GB cards can run fp8_e4m3fn and 12 GB cards hold it "
+                        "whole."
                     ),
                 ),
             ],
