@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 # Options that editing passes on to `sample` unchanged.
 SAMPLE_OPTIONS = frozenset(
     {
-        "steps", "cfg", "shift", "callback", "batch_size", "cancel_check", "device",
+        "steps", "cfg", "shift", "callback", "batch_size", "cancel_check", "device", "batch_cfg",
         "tile_size", "tile_overlap", "tile_batch_size", "tile_guide_denoise", "tile_progress",
     }
 )  # fmt: skip
