@@ -151,6 +151,8 @@ class BlockStreamer:
         return True
 
     def _start_copy(self, key: str) -> None:
+        # NOTE: the CUDA branch (pinned storage, side-stream copy, event) has not run on a GPU
+        # yet; the tests run the same bookkeeping with the CPU as the compute device.
         copies = {}
         stream = contextlib.nullcontext() if self._stream is None else torch.cuda.stream(self._stream)
         with stream:

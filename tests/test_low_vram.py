@@ -20,12 +20,14 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import l2p_core
-from l2p_core import memory_budget, synthetic
+from l2p_core import cli, memory_budget, synthetic
 from l2p_core.block_streaming import BLOCK_STACKS, BlockStreamer
 from l2p_core.errors import CheckpointError, SamplingCancelled
 from l2p_core.fp8 import (
@@ -425,6 +427,82 @@ def test_sampling_streaming_equals_float32(sampled_images):
 
 def test_sampling_fp8_streaming_equals_fp8(sampled_images):
     assert torch.equal(sampled_images["fp8 + streaming"], sampled_images["fp8"])
+
+
+# --- command line --------------------------------------------------------------------------
+
+
+class StubTextEncoder:
+    """Stands in for Qwen3-4B: fixed random caption features of the tiny model's width."""
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+
+    def encode(self, prompt: str) -> torch.Tensor:
+        return torch.randn(5 + len(prompt) % 3, self.width, generator=torch.Generator().manual_seed(len(prompt)))
+
+
+def run_cli(tmp_path, monkeypatch, name: str, *options: str) -> tuple[int, Path, object]:
+    """Run l2p-generate on a tiny model with a stub encoder; return (exit status, PNG, loaded model)."""
+    config = synthetic.tiny_config()
+    checkpoint = tmp_path / "l2p.safetensors"
+    if not checkpoint.exists():
+        synthetic.write_checkpoint(checkpoint, config)
+    loaded = {}
+
+    def load_and_keep(*args, **kwargs):
+        loaded["model"] = l2p_core.load_model(*args, **kwargs)
+        return loaded["model"]
+
+    monkeypatch.setattr(cli, "load_text_encoder", lambda *args, **kwargs: StubTextEncoder(config.cap_feat_dim))
+    monkeypatch.setattr(cli, "load_model", load_and_keep)
+    output = tmp_path / f"{name}.png"
+    arguments = [
+        "--model",
+        str(checkpoint),
+        "--text-encoder",
+        str(tmp_path),
+        "--prompt",
+        "a red cat",
+        "-o",
+        str(output),
+    ]
+    status = cli.main([*arguments, "--width", "32", "--height", "32", "--steps", "2", *options])
+    return status, output, loaded.get("model")
+
+
+def png_pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def png_settings(path: Path) -> dict:
+    with Image.open(path) as image:
+        return json.loads(image.text[cli.SETTINGS_CHUNK])
+
+
+def test_cli_fp8_and_streaming(tmp_path, monkeypatch):
+    status, output, model = run_cli(tmp_path, monkeypatch, "low-vram", "--fp8", "--stream-blocks", "2")
+    assert status == 0
+    assert png_settings(output)["block_weights"] == FP8
+    assert isinstance(model.layers[0].feed_forward.w1, Float8Linear)
+    assert model.block_streamer.resident_blocks == 2
+
+
+def test_cli_streaming_same_pixels(tmp_path, monkeypatch):
+    plain_status, plain, _ = run_cli(tmp_path, monkeypatch, "plain")
+    streamed_status, streamed_output, _ = run_cli(tmp_path, monkeypatch, "streamed", "--stream-blocks", "1")
+    assert (plain_status, streamed_status) == (0, 0)
+    assert png_settings(plain)["block_weights"] == "float32"
+    assert np.array_equal(png_pixels(streamed_output), png_pixels(plain))
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two"])
+def test_cli_stream_blocks_invalid(tmp_path, monkeypatch, capsys, value):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(tmp_path, monkeypatch, "invalid", "--stream-blocks", value)
+    assert exit_info.value.code == 2
+    assert "--stream-blocks" in capsys.readouterr().err
 
 
 # --- memory accounting ---------------------------------------------------------------------
