@@ -68,9 +68,11 @@ VARIANTS = [
     Settings("caption path once per prompt", reuse_captions=True),
     Settings("positive and negative batched", batch_cfg=True),
     Settings("decoder in channels-last layout", channels_last=True),
-    Settings("defaults on this device", cache_positions=True, reuse_captions=True),
+    Settings("defaults on this device", cache_positions=True, reuse_captions=True, channels_last=True),
 ]
-COMPILED = Settings("defaults + torch.compile", cache_positions=True, reuse_captions=True, compiled=True)
+COMPILED = Settings(
+    "defaults + torch.compile", cache_positions=True, reuse_captions=True, channels_last=True, compiled=True
+)
 
 
 @dataclass

@@ -218,13 +218,14 @@ def test_position_cache_stays_within_budget(model, monkeypatch):
 def test_channels_last_decoder_matches(model):
     context = [caption(15, 1, model.config.cap_feat_dim)]
     x, sigma = image(128, batch=2), torch.tensor([0.2, 0.9])
+    assert model.local_decoder.channels_last
     with torch.inference_mode():
-        contiguous = model(x, sigma, context * 2)
-        model.local_decoder.channels_last = True
+        channels_last = model(x, sigma, context * 2)
+        model.local_decoder.channels_last = False
         try:
-            channels_last = model(x, sigma, context * 2)
+            contiguous = model(x, sigma, context * 2)
         finally:
-            model.local_decoder.channels_last = False
+            model.local_decoder.channels_last = True
 
     assert channels_last.is_contiguous()
     assert torch.allclose(channels_last, contiguous, rtol=0, atol=REORDER_ATOL)
