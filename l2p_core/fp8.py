@@ -34,8 +34,8 @@ FP8_STORAGE = "fp8_e4m3fn"
 FP8_LAYER_PATTERN = re.compile(
     r"^(noise_refiner|context_refiner|layers)\.\d+\.(attention\.(qkv|out)|feed_forward\.(w1|w2|w3))$"
 )
-# Rows quantised at once, so the float32 temporary of a 10240×3840 weight stays near 16 MB.
-QUANTISE_CHUNK_VALUES = 4 * 2**20
+# Values quantised at once, so the float32 temporary stays near 4 MB whatever the weight's size.
+QUANTISE_CHUNK_VALUES = 2**20
 
 
 class NonFiniteWeightError(ValueError):
@@ -111,33 +111,37 @@ def quantise_fp8(
         shapes = ", ".join(f"{part.dtype} {list(part.shape)}" for part in parts)
         raise ValueError(f"'{name}': float8 storage takes a 2-D floating-point weight; got {shapes or 'nothing'}.")
 
+    # The max and min of each chunk, read in the file's dtype, find the scale without a temporary
+    # copy. A NaN or an infinity anywhere in a chunk makes one of them non-finite.
     absmax = 0.0
     for row, chunk in _row_chunks(parts):
-        if not torch.isfinite(chunk).all():
+        if not chunk.numel():
+            continue
+        high, low = float(chunk.amax()), float(chunk.amin())
+        if not (math.isfinite(high) and math.isfinite(low)):
             bad = int((~torch.isfinite(chunk)).sum())
             raise NonFiniteWeightError(
                 f"'{name}' contains {bad} NaN or Inf value(s) in rows {row} to {row + len(chunk) - 1}, so it "
                 "cannot be stored in float8 (or used at all). The checkpoint is damaged: download it again."
             )
-        if chunk.numel():
-            absmax = max(absmax, float(chunk.abs().amax()))
+        absmax = max(absmax, high, -low)
 
     scale = fp8_scale(absmax)
     rows = sum(part.shape[0] for part in parts)
     quantised = torch.empty((rows, columns), dtype=FP8_DTYPE, device=device)
     for row, chunk in _row_chunks(parts):
-        quantised[row : row + len(chunk)].copy_(chunk.div_(scale))
+        scaled = chunk.to(torch.float32, copy=True).div_(scale)
+        quantised[row : row + len(chunk)].copy_(scaled)
     return quantised, scale
 
 
 def _row_chunks(parts: Sequence[torch.Tensor]) -> Iterator[tuple[int, torch.Tensor]]:
-    """Yield (first row, float32 copy of the rows) over the row blocks, a few MB at a time."""
+    """Yield (first row, view of the rows) over the row blocks, a few MB at a time."""
     row = 0
     for part in parts:
         rows_per_chunk = max(1, QUANTISE_CHUNK_VALUES // max(1, part.shape[1]))
         for start in range(0, part.shape[0], rows_per_chunk):
-            chunk = part[start : start + rows_per_chunk].to(torch.float32, copy=True)
-            yield row + start, chunk
+            yield row + start, part[start : start + rows_per_chunk]
         row += part.shape[0]
 
 
