@@ -1,13 +1,14 @@
 """GPU figures for the released 1K network's shapes, with random weights (no download needed).
 
-    python benchmarks/gpu_figures.py                  # on an NVIDIA GPU, about 6 minutes on an H200
+    python benchmarks/gpu_figures.py                  # on an NVIDIA GPU (estimated 6-8 minutes on an H200)
     python benchmarks/gpu_figures.py --tiny --device cpu --steps 2   # a dry run of every part
 
-Builds the full-size 1K network (6.17 B parameters) in bfloat16 straight on the device,
-fills it with random weights and measures, in one run:
+Builds the full-size 1K network (6.17 B parameters) in bfloat16, fills it with random
+weights drawn where it lives (on the device; in CPU memory for the streamed runs) and
+measures, in one run:
 - the device's peak bfloat16 matmul rate (8192² products), the limit the ratios refer to;
 - 1024² text-to-image at 30 steps and cfg 2: the positive and negative passes one after the
-  other, batched, and batched with torch.compile;
+  other, batched, and one after the other with torch.compile;
 - tiled 4096² text-to-image (1024-px tiles, 256-px overlap, guide pass first);
 - the low-VRAM modes at 1024²: fp8 weight storage, block streaming with 2 resident blocks,
   and both together (fewer steps: their per-step time is what matters).
@@ -21,6 +22,7 @@ the OUT variable is set).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -47,6 +49,8 @@ def synchronize(device: torch.device) -> None:
 
 
 def reset_peak(device: torch.device) -> None:
+    # Compiled blocks hold reference cycles, so a deleted network is freed only by the collector.
+    gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -128,11 +132,16 @@ def main() -> None:
     figures = {"device": name, "torch": torch.__version__, "tiny": args.tiny, "runs": {}}
     runs = figures["runs"]
 
+    output = args.json or (Path(os.environ["OUT"]) / "gpu_figures.json" if os.environ.get("OUT") else None)
+
     def record(label: str, result: dict, flop_count: float) -> None:
         result["tflops"] = flop_count / result["seconds_per_step"] / 1e12
         result["share_of_peak"] = result["tflops"] * 1e12 / figures["matmul_peak_flops"]
         runs[label] = result
         print(f"{label}: {json.dumps(result)}", file=sys.stderr, flush=True)
+        # Written after every run, so a run cut short by a time limit keeps what it measured.
+        if output is not None:
+            output.write_text(json.dumps(figures, indent=2))
 
     figures["matmul_peak_flops"] = matmul_peak(device, dtype, 1024 if args.tiny else 8192)
     model = build(config, device, dtype, on=device)
@@ -145,18 +154,19 @@ def main() -> None:
     record(f"{size}², positive and negative batched", timed_sample(model, device, config, size=size, steps=args.steps,
            batch_cfg=True), flop_1k)  # fmt: skip
     if "tiled" not in skip:
-        result = timed_sample(model, device, config, size=tiled_size, steps=args.steps, batch_cfg=True,
-                              tile_size=tile, tile_overlap=tile // 4)  # fmt: skip
+        result = timed_sample(model, device, config, size=tiled_size, steps=args.steps, tile_size=tile,
+                              tile_overlap=tile // 4)  # fmt: skip
         record(
             f"{tiled_size}² tiled ({tile}/{tile // 4}), guide included", result, step_flops(config, tiled_size, tile)
         )
     if "compile" not in skip:
         started = time.perf_counter()
         model.compile_blocks()
-        result = timed_sample(model, device, config, size=size, steps=args.steps, batch_cfg=True)
+        result = timed_sample(model, device, config, size=size, steps=args.steps)
         result["compile_and_warm_up_seconds"] = time.perf_counter() - started - result["seconds"]
-        record(f"{size}², batched, torch.compile", result, flop_1k)
+        record(f"{size}², torch.compile", result, flop_1k)
     del model
+    torch._dynamo.reset()
     reset_peak(device)
 
     if "low_vram" not in skip:
@@ -186,10 +196,6 @@ def main() -> None:
         memory = "n/a" if result["peak_gib"] is None else f"{result['peak_gib']:.1f}"
         print(f"| {label} | {result['seconds_per_step']:.3f} | {result['tflops']:.1f} | "
               f"{result['share_of_peak']:.2f} | {memory} |")  # fmt: skip
-
-    output = args.json or (Path(os.environ["OUT"]) / "gpu_figures.json" if os.environ.get("OUT") else None)
-    if output is not None:
-        output.write_text(json.dumps(figures, indent=2))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import os
 import platform
 import re
 import sys
+import tempfile
 import textwrap
 import time
 from dataclasses import dataclass, field
@@ -64,7 +65,7 @@ class Settings:
 BASELINE = Settings("baseline: every setting off")
 VARIANTS = [
     BASELINE,
-    Settings("RoPE tables and masks cached", cache_positions=True),
+    Settings("RoPE tables cached", cache_positions=True),
     Settings("caption path once per prompt", reuse_captions=True),
     Settings("positive and negative batched", batch_cfg=True),
     Settings("decoder in channels-last layout", channels_last=True),
@@ -89,11 +90,15 @@ class StepTiming:
         return self.decoder_seconds[self.seconds.index(self.step)]
 
 
-def build(network: dict) -> l2p_core.L2PTransformer:
+def build_config(network: dict):
     network = dict(network)
     if "decoder_channels" in network:
         network["decoder_channels"] = tuple(network["decoder_channels"])
-    config = synthetic.tiny_config(**network)
+    return synthetic.tiny_config(**network)
+
+
+def build(network: dict) -> l2p_core.L2PTransformer:
+    config = build_config(network)
     model = l2p_core.L2PTransformer(config)
     model.load_state_dict(synthetic.random_state_dict(config, seed=1, dtype=torch.float32))
     return model.eval()
@@ -148,32 +153,43 @@ def time_steps(model, clock: DecoderClock, captions, size: int, steps: int, sett
 
 
 def measure_settings(name: str, network: dict, size: int, steps: int, variants: list[Settings], rounds: int):
-    """Time each variant `rounds` times, interleaved so that machine load affects them alike."""
-    model = build(network)
-    clock = DecoderClock(model.local_decoder)
+    """Time each variant `rounds` times, interleaved so that machine load affects them alike.
+
+    Compiling changes the blocks in place, so compiled variants run on a second copy of the
+    network with the same weights.
+    """
+    eager = build(network)
+    compiled = None
+    clocks = {id(eager): DecoderClock(eager.local_decoder)}
     generator = torch.Generator().manual_seed(3)
     captions = (
-        [torch.randn(POSITIVE_TOKENS, model.config.cap_feat_dim, generator=generator)],
-        [torch.randn(NEGATIVE_TOKENS, model.config.cap_feat_dim, generator=generator)],
+        [torch.randn(POSITIVE_TOKENS, eager.config.cap_feat_dim, generator=generator)],
+        [torch.randn(NEGATIVE_TOKENS, eager.config.cap_feat_dim, generator=generator)],
     )
     timings = {settings.label: StepTiming() for settings in variants}
     compile_seconds = None
     for round_index in range(rounds):
         for settings in variants:
-            if settings.compiled and compile_seconds is None:
-                apply(model, settings)
-                started = time.perf_counter()
-                model.compile_blocks()
-                time_steps(model, clock, captions, size, 1, settings)
-                compile_seconds = time.perf_counter() - started
+            model = eager
+            if settings.compiled:
+                if compiled is None:
+                    compiled = build(network)
+                    clocks[id(compiled)] = DecoderClock(compiled.local_decoder)
+                    apply(compiled, settings)
+                    started = time.perf_counter()
+                    compiled.compile_blocks()
+                    time_steps(compiled, clocks[id(compiled)], captions, size, 1, settings)
+                    compile_seconds = time.perf_counter() - started
+                model = compiled
             apply(model, settings)
+            clock = clocks[id(model)]
             if round_index == 0:
                 time_steps(model, clock, captions, size, 1, settings)  # warm-up
             step, decoder = time_steps(model, clock, captions, size, steps, settings)
             timings[settings.label].seconds.append(step)
             timings[settings.label].decoder_seconds.append(decoder)
             print(f"  {name} {settings.label}: {step:.3f} s/step", file=sys.stderr)
-    return model.config, timings, compile_seconds
+    return eager.config, timings, compile_seconds
 
 
 def peak_matmul_flops(dtype: torch.dtype, seconds: float = 2.0) -> tuple[float, int]:
@@ -198,8 +214,7 @@ def peak_matmul_flops(dtype: torch.dtype, seconds: float = 2.0) -> tuple[float, 
 
 MEMORY_WORKER = textwrap.dedent(
     """
-    import json, sys, tempfile
-    from pathlib import Path
+    import json, sys
     import torch
     import l2p_core
     from l2p_core import synthetic
@@ -212,10 +227,9 @@ MEMORY_WORKER = textwrap.dedent(
     torch.ones(1) + 1  # initialise torch's lazy state before the baseline
 
     if request["kind"] == "load":
-        with tempfile.TemporaryDirectory() as folder:
-            path = synthetic.write_checkpoint(Path(folder) / "mid.safetensors", config)
-            model, growth_mib, seconds = measure_peak(lambda: l2p_core.load_model(path, dtype=torch.float32))
-            tensor_mib = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+        path = request["checkpoint"]
+        model, growth_mib, seconds = measure_peak(lambda: l2p_core.load_model(path, dtype=torch.float32))
+        tensor_mib = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
         print(json.dumps({"peak_growth_mib": growth_mib, "seconds": seconds, "tensor_mib": tensor_mib}))
         raise SystemExit
 
@@ -238,10 +252,10 @@ MEMORY_WORKER = textwrap.dedent(
 )
 
 
-def measure_memory(quick: bool) -> list[tuple[str, dict]]:
+def measure_memory(quick: bool, checkpoint: Path) -> list[tuple[str, dict]]:
     network = {**MID_NETWORK, "decoder_channels": list(MID_NETWORK["decoder_channels"])}
     runs = [
-        ("load (float32, from a bf16 file)", {"kind": "load"}),
+        ("load (float32, from a bf16 file)", {"kind": "load", "checkpoint": str(checkpoint)}),
         ("1024² step, cfg 2", {"kind": "sample", "size": 1024}),
         ("2048² tiled step (1024/256), cfg 1", {"kind": "sample", "size": 2048, "tile": 1024}),
     ]
@@ -323,7 +337,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="skip torch.compile and the tiled 4096² memory run")
     parser.add_argument("--no-write", action="store_true", help="print the report only")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved timing rounds (default 2)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (default 3)")
     args = parser.parse_args()
     if not Path("/proc/self/status").exists():
         raise SystemExit("The memory part of this benchmark reads RssAnon from /proc and runs on Linux only.")
@@ -334,7 +348,10 @@ def main() -> None:
     for name, network, size, steps in CONFIGS:
         config, timings, compile_seconds = measure_settings(name, network, size, steps, variants, args.rounds)
         results.append((name, size, config, timings, compile_seconds))
-    memory = measure_memory(args.quick)
+    with tempfile.TemporaryDirectory() as folder:
+        # Written here, so that the loading process starts without the random weights' freed memory.
+        checkpoint = synthetic.write_checkpoint(Path(folder) / "mid.safetensors", build_config(MID_NETWORK))
+        memory = measure_memory(args.quick, checkpoint)
 
     text = report(results, memory, peak, peak_size, include_compile=not args.quick)
     print(text)

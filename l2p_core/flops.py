@@ -95,7 +95,8 @@ def step_flops(
     """Return the matrix FLOPs of one sampling step: one forward pass, two with guidance (cfg ≠ 1).
 
     With `captions_cached` the caption path runs once per prompt, not per step, so it is
-    left out of the step.
+    left out of the step. Each branch counts at its own caption length: this is the useful
+    work, which a batched pass exceeds by the padding of the shorter caption.
     """
     passes = [caption_tokens] if cfg == 1.0 else [caption_tokens, negative_tokens or caption_tokens]
     total = 0.0

@@ -112,11 +112,15 @@ def quantise_fp8(
         raise ValueError(f"'{name}': float8 storage takes a 2-D floating-point weight; got {shapes or 'nothing'}.")
 
     # The max and min of each chunk, read in the file's dtype, find the scale without a temporary
-    # copy. A NaN or an infinity anywhere in a chunk makes one of them non-finite.
+    # copy. A NaN or an infinity anywhere in a chunk makes one of them non-finite. torch has
+    # no max/min kernels for float8 on the CPU, so float8 chunks are widened to float16,
+    # which holds every float8 value exactly.
     absmax = 0.0
     for row, chunk in _row_chunks(parts):
         if not chunk.numel():
             continue
+        if chunk.element_size() == 1:
+            chunk = chunk.to(torch.float16)
         high, low = float(chunk.amax()), float(chunk.amin())
         if not (math.isfinite(high) and math.isfinite(low)):
             bad = int((~torch.isfinite(chunk)).sum())

@@ -20,9 +20,11 @@ from .tiling import decode_tiled
 # `L2PTransformer.decoder_tile_px`.
 DEFAULT_DECODER_TILE_PX = 1024
 # Device memory the cached RoPE tables of recent input shapes may take (least recently used
-# go first). A 1024² pass needs about 2 MiB per image; a 4K canvas in 1024-px tiles reuses
-# a few dozen tile layouts every step.
-POSITION_CACHE_BYTES = 128 * 2**20
+# go first). The image and joint tables of a 1024² pass take about 4 MiB per image, and the
+# two guidance branches have separate entries, so a 4096² canvas in 1024-px tiles (25
+# tiles) needs about 205 MiB. Larger tiled canvases cycle through more than this and
+# rebuild their tables every call, as with the cache off.
+POSITION_CACHE_BYTES = 256 * 2**20
 
 
 class L2PTransformer(nn.Module):
@@ -39,10 +41,11 @@ class L2PTransformer(nn.Module):
     covering the decoder's receptive field (None decodes in one piece).
 
     Speed settings, each of which leaves the result unchanged up to floating-point rounding:
-    `cache_positions` keeps the RoPE tables and masks of recent input shapes instead of
-    rebuilding them every call; inside `reuse_captions()` each distinct caption goes through
+    `cache_positions` keeps the RoPE tables of recent input shapes instead of rebuilding
+    them every call (moving the model clears them); inside `reuse_captions()` each distinct caption goes through
     the caption path once instead of once per call; `local_decoder.channels_last` runs the
-    decoder's convolutions in the channels-last memory layout.
+    decoder's convolutions in the channels-last memory layout. The caches make a network
+    object serve one sampling run at a time: do not sample with it from two threads at once.
     """
 
     def __init__(self, config: L2PConfig, *, dtype: torch.dtype | None = None, device=None, operations=None) -> None:
@@ -77,6 +80,14 @@ class L2PTransformer(nn.Module):
         self.cache_positions = True
         self._position_cache: OrderedDict[tuple, tuple] = OrderedDict()
         self._caption_cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def _apply(self, fn, recurse=True):
+        # Moving or casting the network (a host offloading it, say) drops the cached tables,
+        # which would otherwise stay on the old device.
+        cache = self.__dict__.get("_position_cache")
+        if cache is not None:
+            cache.clear()
+        return super()._apply(fn, recurse)
 
     def compile_blocks(self, **options) -> None:
         """Compile each transformer block and the local decoder with `torch.compile(**options)`.
@@ -269,7 +280,9 @@ class L2PTransformer(nn.Module):
         if not self.cache_positions:
             return RotaryTables.from_positions(positions(), config.axes_dims, config.rope_theta, device)
 
-        key = (*key, str(device))
+        # Tables built in inference mode cannot be saved for a backward pass, so they are kept
+        # apart from tables built outside it.
+        key = (*key, str(device), torch.is_inference_mode_enabled())
         cache = self._position_cache
         if key in cache:
             cache.move_to_end(key)

@@ -129,7 +129,7 @@ def sample(
     tile_guide_denoise: float = DEFAULT_GUIDE_DENOISE,
     tile_progress: Callable[[int, int], None] | None = None,
     mask: torch.Tensor | None = None,
-    batch_cfg: bool | None = None,
+    batch_cfg: bool = False,
 ) -> torch.Tensor:
     """Generate images [B, 3, height, width] in [-1, 1] (float32, clamped) on the model's device.
 
@@ -159,9 +159,10 @@ def sample(
     mask are close to `init_image` but not equal to it; `l2p_core.editing` composites them
     back exactly.
 
-    `batch_cfg` runs the positive and negative passes as one batch (see `guided_velocity`);
-    None batches them on CUDA devices and runs them one after the other elsewhere. Batching
-    needs activation memory for twice the batch.
+    `batch_cfg` runs the positive and negative passes as one batch (see `guided_velocity`).
+    That needs activation memory for twice the batch, and captions of different lengths
+    need a key mask, which rules out the flash attention kernels; benchmarks/speed.py and
+    benchmarks/gpu_figures.py measure whether it pays.
     """
     config = model.config
     width, height = _whole_number(width, "width"), _whole_number(height, "height")
@@ -192,9 +193,7 @@ def sample(
 
     parameter = next(model.parameters())
     device = parameter.device if device is None else torch.device(device)
-    # NOTE: batching on CUDA is the default on the expectation that larger matrix products
-    # use the GPU better; the GPU benchmark (benchmarks/gpu_figures.py) measures both ways.
-    batch_cfg = device.type == "cuda" if batch_cfg is None else bool(batch_cfg)
+    batch_cfg = bool(batch_cfg)
     network = model
     if tile_size is not None:
         overlap = default_tile_overlap(tile_size, config.size_multiple) if tile_overlap is None else tile_overlap

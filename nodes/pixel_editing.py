@@ -70,7 +70,7 @@ def edit_images(
 
     core_input = to_core_image(image)
     settings = {"seed": seed, "steps": steps, "cfg": cfg, "shift": shift, "denoise": denoise}
-    with host_sampling(model, shape, steps, node=NODE, cfg=cfg) as (host_network, options):
+    with host_sampling(model, shape, steps, node=NODE) as (host_network, options):
         core_input_on_device = core_input.to(options["device"])
         if mode == "img2img":
             result = img2img(

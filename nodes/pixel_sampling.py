@@ -60,7 +60,7 @@ def sample_images(
     steps, cfg = resolve_steps_and_cfg(config, steps, cfg)
 
     shape = (batch_size, config.in_channels, height, width)
-    with host_sampling(model, shape, steps, cfg=cfg) as (host_network, options):
+    with host_sampling(model, shape, steps) as (host_network, options):
         images = sample(
             host_network,
             positive_captions,
@@ -82,14 +82,12 @@ def sample_images(
 
 
 @contextmanager
-def host_sampling(
-    model, shape: tuple[int, int, int, int], steps: int, node: str = "L2P Pixel Sampler", *, cfg: float = 1.0
-):
+def host_sampling(model, shape: tuple[int, int, int, int], steps: int, node: str = "L2P Pixel Sampler"):
     """Load `model` for one l2p_core run of `shape` [B, C, H, W] and yield (network, sampling options).
 
-    The options are l2p_core.sample's callback, cancel_check, device, batch_cfg and tiling
-    arguments. With guidance (cfg ≠ 1) on a CUDA device, the positive and negative passes
-    run as one batch when the device holds the model and that doubled batch's working memory.
+    The options are l2p_core.sample's callback, cancel_check, device and tiling arguments.
+    The positive and negative passes run one after the other, as in the reference, because
+    batching them doubles the working memory that the host budgets for.
     Before loading, the working-memory estimate of `shape` is checked against the device
     (MemoryEstimateError names `node`). The model is loaded through ComfyUI's memory
     management, so LoRA patches apply and other models are offloaded as needed. Progress
@@ -100,18 +98,12 @@ def host_sampling(
     tiling = tiling_settings(model)
     device = model.load_device
     memory = _check_memory(model, shape, tiling, device, node)
-    batch_cfg = False
-    if cfg != 1.0 and torch.device(device).type == "cuda":
-        doubled = model.model.working_memory((2 * shape[0], *shape[1:]), tiling)
-        if model.model_size() + doubled <= comfy.model_management.get_total_memory(device):
-            memory, batch_cfg = doubled, True
     comfy.model_management.load_models_gpu([model], memory_required=memory, minimum_memory_required=memory)
     progress = _TiledProgress(model) if tiling is not None else _UntiledProgress(model, steps)
     options = {
         "callback": progress.on_step,
         "cancel_check": comfy.model_management.processing_interrupted,
         "device": device,
-        "batch_cfg": batch_cfg,
         **_tiling_arguments(tiling, progress),
     }
 

@@ -115,6 +115,16 @@ def test_fp8_all_zero_weight():
     assert torch.equal(quantised.float(), torch.zeros(4, 8))
 
 
+@pytest.mark.parametrize("file_dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_fp8_quantises_float8_file_weights(file_dtype):
+    """A checkpoint already stored in float8 is rescaled without error (torch has no CPU max for float8)."""
+    weight = (torch.randn(64, 32, generator=torch.Generator().manual_seed(1)) * 0.05).to(file_dtype)
+    quantised, scale = quantise_fp8(weight)
+
+    assert quantised.dtype == torch.float8_e4m3fn
+    assert relative_error(quantised.float() * scale, weight.float()) < 0.05
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 def test_fp8_rejects_non_finite(bad):
     weight = torch.ones(6, 4)
