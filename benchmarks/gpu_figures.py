@@ -3,9 +3,8 @@
     python benchmarks/gpu_figures.py                  # on an NVIDIA GPU (estimated 6-8 minutes on an H200)
     python benchmarks/gpu_figures.py --tiny --device cpu --steps 2   # a dry run of every part
 
-Builds the full-size 1K network (6.17 B parameters) in bfloat16, fills it with random
-weights drawn where it lives (on the device; in CPU memory for the streamed runs) and
-measures, in one run:
+Builds the full-size 1K network (6.17 B parameters) in bfloat16 and fills it with random
+weights, drawn on the device (in CPU memory for the streamed runs). In one run it measures:
 - the device's peak bfloat16 matmul rate (8192² products), the limit the ratios refer to;
 - 1024² text-to-image at 30 steps and cfg 2: the positive and negative passes one after the
   other, batched, and one after the other with torch.compile;

@@ -1,6 +1,6 @@
 """Speed and memory of L2P sampling on this machine, against its own measured matmul limit.
 
-    python benchmarks/speed.py              # everything, about 15 minutes on 2 CPU cores
+    python benchmarks/speed.py              # everything, about 10 minutes on 2 CPU cores
     python benchmarks/speed.py --quick      # skips torch.compile and the tiled 4096² memory run
     python benchmarks/speed.py --no-write   # print the report without updating the page
 
