@@ -13,6 +13,7 @@ Qwen3-4B text encoder (8 GB, about two minutes to write) between sessions.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -74,6 +75,28 @@ def host_settings() -> tuple[Path, str]:
     if not (checkout / "main.py").is_file():
         pytest.fail(f"COMFYUI_PATH is '{checkout}', which has no main.py; point it at a ComfyUI checkout.")
     return checkout, os.environ.get("COMFYUI_PYTHON", sys.executable)
+
+
+def run_probe(probe: Path, work: Path) -> dict:
+    """Run a probe script in the host's Python with the pack linked into `work`; return its REPORT JSON.
+
+    A probe imports ComfyUI in-process without a server and prints one `REPORT {json}` line.
+    """
+    checkout, python = host_settings()
+    pack = work / "custom_nodes" / PACK_FOLDER_NAME
+    pack.parent.mkdir()
+    pack.symlink_to(REPOSITORY, target_is_directory=True)
+    result = subprocess.run(
+        [python, str(probe), str(pack), str(work)],
+        cwd=checkout,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=os.environ | {"PYTHONDONTWRITEBYTECODE": "1"},
+    )
+    reports = [line for line in result.stdout.splitlines() if line.startswith("REPORT ")]
+    assert reports, f"probe failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+    return json.loads(reports[-1].removeprefix("REPORT "))
 
 
 def write_test_models(diffusion_models: Path) -> None:

@@ -6,15 +6,12 @@ tests check its report. The graph tests with LoraLoaderModelOnly alone are in te
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from .conftest import PACK_FOLDER_NAME, REPOSITORY, host_settings
+from .conftest import run_probe
 from .graphs import PIXEL_SAMPLER, pixel_sampler_graph
 from .test_generation import only_png, pixels, with_lora
 
@@ -25,22 +22,7 @@ ALL_FORMATS = (*Z_IMAGE_FORMATS, "l2p_parts")
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> dict:
-    checkout, python = host_settings()
-    work = tmp_path_factory.mktemp("lora-probe")
-    pack = work / "custom_nodes" / PACK_FOLDER_NAME
-    pack.parent.mkdir()
-    pack.symlink_to(REPOSITORY, target_is_directory=True)
-    result = subprocess.run(
-        [python, str(PROBE), str(pack), str(work)],
-        cwd=checkout,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=os.environ | {"PYTHONDONTWRITEBYTECODE": "1"},
-    )
-    reports = [line for line in result.stdout.splitlines() if line.startswith("REPORT ")]
-    assert reports, f"probe failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
-    return json.loads(reports[-1].removeprefix("REPORT "))
+    return run_probe(PROBE, tmp_path_factory.mktemp("lora-probe"))
 
 
 @pytest.mark.parametrize("lora_format", ALL_FORMATS)

@@ -10,14 +10,11 @@ moves where the weights are read from, so its images must equal the full load's.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from .conftest import PACK_FOLDER_NAME, REPOSITORY, host_settings
+from .conftest import run_probe
 
 PROBE = Path(__file__).with_name("low_vram_probe.py")
 FP8_IMAGE_TOLERANCE = 0.06
@@ -26,22 +23,7 @@ N_LAYERS = 4
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> dict:
-    checkout, python = host_settings()
-    work = tmp_path_factory.mktemp("low-vram-probe")
-    pack = work / "custom_nodes" / PACK_FOLDER_NAME
-    pack.parent.mkdir()
-    pack.symlink_to(REPOSITORY, target_is_directory=True)
-    result = subprocess.run(
-        [python, str(PROBE), str(pack), str(work)],
-        cwd=checkout,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=os.environ | {"PYTHONDONTWRITEBYTECODE": "1"},
-    )
-    reports = [line for line in result.stdout.splitlines() if line.startswith("REPORT ")]
-    assert reports, f"probe failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
-    return json.loads(reports[-1].removeprefix("REPORT "))
+    return run_probe(PROBE, tmp_path_factory.mktemp("low-vram-probe"))
 
 
 def test_fp8_loader_stores_float8(report):
