@@ -2,7 +2,7 @@
 
 The 34 blocks of the 1K model (2 noise-refiner, 2 context-refiner, 30 joint) hold about
 98 % of its weights. With streaming, only the embedders, pad tokens and local decoder stay
-on the compute device; each block is copied in just before it runs, and at most
+on the compute device. Each block is copied in just before it runs, and at most
 `resident_blocks` blocks are on the device at any moment. On CUDA the block's CPU copy is
 pinned and the next block is copied on a side stream while the current one computes.
 
@@ -152,7 +152,7 @@ class BlockStreamer:
 
     def _start_copy(self, key: str) -> None:
         # NOTE: the CUDA branch (pinned storage, side-stream copy, event) has not run on a GPU
-        # yet; the tests run the same bookkeeping with the CPU as the compute device.
+        # yet. The tests run the same bookkeeping with the CPU as the compute device.
         copies = {}
         stream = contextlib.nullcontext() if self._stream is None else torch.cuda.stream(self._stream)
         with stream:

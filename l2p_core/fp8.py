@@ -114,7 +114,7 @@ def quantise_fp8(
     # The max and min of each chunk, read in the file's dtype, find the scale without a temporary
     # copy. A NaN or an infinity anywhere in a chunk makes one of them non-finite. torch has
     # no max/min kernels for float8 on the CPU, so float8 chunks are widened to float16,
-    # which holds every float8 value exactly.
+    # which represents every float8 value exactly.
     absmax = 0.0
     for row, chunk in _row_chunks(parts):
         if not chunk.numel():

@@ -246,14 +246,17 @@ class L2PTransformer(nn.Module):
         offset_key = None if offsets is None else tuple(map(tuple, offsets.tolist()))
         key = (batch, rows, cols, caption_len, tuple(caption_lengths), offset_key)
 
-        image_positions = self._image_positions(batch, rows, cols, caption_lengths, offsets)
-        image_rope = self._rope_tables(("image", *key), lambda: image_positions, device)
-        joint_rope = self._rope_tables(
-            ("joint", *key),
-            lambda: torch.cat([image_positions, self._caption_positions(batch, caption_len)], dim=1),
-            device,
-        )
-        return image_rope, joint_rope, self._joint_mask(image_positions.shape[1], caption_len, caption_lengths, device)
+        # The position grids are built only when a table is missing from the cache.
+        def image_positions() -> torch.Tensor:
+            return self._image_positions(batch, rows, cols, caption_lengths, offsets)
+
+        def joint_positions() -> torch.Tensor:
+            return torch.cat([image_positions(), self._caption_positions(batch, caption_len)], dim=1)
+
+        image_rope = self._rope_tables(("image", *key), image_positions, device)
+        joint_rope = self._rope_tables(("joint", *key), joint_positions, device)
+        image_len = rows * cols + (-rows * cols % self.config.seq_multiple)
+        return image_rope, joint_rope, self._joint_mask(image_len, caption_len, caption_lengths, device)
 
     def _image_positions(
         self, batch: int, rows: int, cols: int, caption_lengths: list[int], offsets: torch.Tensor | None

@@ -160,8 +160,8 @@ def sample(
     back exactly.
 
     `batch_cfg` runs the positive and negative passes as one batch (see `guided_velocity`).
-    That needs activation memory for twice the batch, and captions of different lengths
-    need a key mask, which rules out the flash attention kernels; benchmarks/speed.py and
+    That needs activation memory for twice the batch. Captions of different lengths also
+    need a key mask, which rules out the flash attention kernels. benchmarks/speed.py and
     benchmarks/gpu_figures.py measure whether it pays.
     """
     config = model.config

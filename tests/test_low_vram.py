@@ -219,7 +219,7 @@ def test_convert_to_fp8_equals_fp8_loading(small_cases):
 class ResidencyRecorder:
     """Records, while each block runs, which blocks have device copies instead of their CPU storage.
 
-    The compute device is the CPU here, so a device copy is told from the storage tensor by
+    The compute device is the CPU here, so a device copy is distinguished from the storage tensor by
     its data pointer, recorded right after the streamer attached. A pre-hook on the block's
     first norm runs inside the block's forward, after the streamer has loaded it.
     """

@@ -1,9 +1,11 @@
 """Speed settings against the plain computation: same results, and the work they skip is skipped.
 
-Tolerances (float32): the settings that only reorder or batch work (batched guidance,
-channels-last convolutions) must match within 5e-5 absolute on velocities of order 1, about
-ten times the 4e-6 by which a batch-2 pass and a batch-1 pass of the same image differ;
-caching must match bit for bit; torch.compile within 1e-4, the rounding of fused kernels.
+Tolerances (float32):
+- Settings that only reorder or batch work (batched guidance, channels-last convolutions)
+  must match within 5e-5 absolute on velocities of order 1. That is about ten times the
+  4e-6 by which a batch-2 pass and a batch-1 pass of the same image differ.
+- Caching must match bit for bit.
+- torch.compile must match within 1e-4, the rounding of fused kernels.
 The FLOP count must equal what torch's FLOP counter sees in a real forward pass.
 """
 
@@ -53,8 +55,8 @@ def test_flop_count_matches_torch_counter(model, size, caption_tokens, batch):
     config = model.config
     context = [caption(caption_tokens, index, config.cap_feat_dim) for index in range(batch)]
     counter = FlopCounterMode(display=False)
-    # The counter sees attention only as the math backend's matrix products; the fused CPU
-    # kernel is not counted.
+    # The counter counts attention only as the math backend's matrix products. It does not
+    # count the fused CPU kernel.
     with torch.inference_mode(), sdpa_kernel(SDPBackend.MATH), counter:
         model(image(size, batch=batch), torch.full((batch,), 0.5), context)
 

@@ -57,7 +57,7 @@ def test_partial_load_offloads_every_block(report, weight_dtype):
 
 
 def test_partial_load_keeps_some_layers_loaded(report):
-    """With float32 weights, the budget holds the largest layers; the rest are cast per call."""
+    """With float32 weights, the budget fits the largest layers, and the rest are cast per call."""
     partial = report["partial"]["default"]
     assert partial["loaded_layers"]
     assert not set(partial["loaded_layers"]) & set(partial["offloaded"])
